@@ -1,0 +1,37 @@
+"""Fixtures shared by every test folder: the bundled real models, and GPU test skipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir() -> Path:
+    from whisper_server.bundled import bundled_model_dir
+
+    return bundled_model_dir("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    from whisper_server.bundled import bundled_model_dir
+
+    return bundled_model_dir("base")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where CUDA is present (the device machine)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # torch missing or broken: no GPU tests
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,21 @@
+"""Environment variable names, in one place for the container, the Lambdas and the CDK app."""
+
+# Container (SageMaker sets SM_* and /opt/ml/model itself; the rest are ours).
+MODEL_DIR = "WHISPER_MODEL_DIR"  # default /opt/ml/model
+BACKEND = "WHISPER_BACKEND"  # faster-whisper | torch | triton
+DEVICE = "WHISPER_DEVICE"  # cpu | cuda | auto
+COMPUTE_TYPE = "WHISPER_COMPUTE_TYPE"  # int8 | float16 | int8_float16 | default
+MODEL_NAME = "WHISPER_MODEL_NAME"  # label in the transcript's model block
+MAX_CONCURRENCY = "WHISPER_MAX_CONCURRENCY"  # = MaxConcurrentInvocationsPerInstance
+REQUEST_TIMEOUT_S = "WHISPER_REQUEST_TIMEOUT_S"
+MAX_INPUT_BYTES = "WHISPER_MAX_INPUT_BYTES"
+BATCH_SIZE = "WHISPER_BATCH_SIZE"
+PORT = "SAGEMAKER_BIND_TO_PORT"  # SageMaker's own name; 8080 when unset
+
+# Lambdas.
+ENDPOINT_NAME = "ENDPOINT_NAME"
+INPUT_BUCKET = "INPUT_BUCKET"
+OUTPUT_BUCKET = "OUTPUT_BUCKET"
+DEFAULT_OPTIONS = "DEFAULT_OPTIONS"  # query string of RequestOptions applied when metadata is silent
+INVOCATION_TIMEOUT_S = "INVOCATION_TIMEOUT_S"
+REQUEST_TTL_S = "REQUEST_TTL_S"

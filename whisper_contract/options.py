@@ -1,0 +1,162 @@
+"""Request options: what a user may ask of a transcription, and how it travels.
+
+Options travel as a URL-encoded query string: in the container's query string, in the
+``X-Amzn-SageMaker-Custom-Attributes`` header (SageMaker caps it at 1024 visible ASCII
+characters, which URL-encoding guarantees), and, spelt the same way, in S3 object metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import parse_qsl, urlencode
+
+from whisper_contract.errors import ContractError, ErrorCode
+
+TASKS = ("transcribe", "translate")
+FORMATS = ("json", "txt", "srt", "vtt")
+MAX_BEAM_SIZE = 10
+MAX_PROMPT_CHARS = 600
+CUSTOM_ATTRIBUTES_LIMIT = 1024
+
+# Whisper's language codes (openai/whisper tokenizer.LANGUAGES keys).
+LANGUAGES = frozenset(
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no "
+    "th ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw "
+    "gl mr pa si km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl "
+    "mg as tt haw ln ha ba jw su yue".split()
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ContractError(ErrorCode.BAD_OPTION, f"option {key!r} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Everything a caller can choose. Defaults give a JSON transcript with auto language."""
+
+    language: str | None = None  # None: detect
+    task: str = "transcribe"
+    formats: tuple[str, ...] = ("json",)
+    word_timestamps: bool = False
+    vad: bool = True
+    beam_size: int = 5
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.language is not None and self.language not in LANGUAGES:
+            raise ContractError(
+                ErrorCode.BAD_OPTION,
+                f"language {self.language!r} is not a Whisper language code (e.g. en, ja, zh) "
+                "and not 'auto'",
+            )
+        if self.task not in TASKS:
+            raise ContractError(ErrorCode.BAD_OPTION, f"task must be one of {TASKS}, got {self.task!r}")
+        if not self.formats:
+            raise ContractError(ErrorCode.BAD_OPTION, f"formats must name at least one of {FORMATS}")
+        for fmt in self.formats:
+            if fmt not in FORMATS:
+                raise ContractError(ErrorCode.BAD_OPTION, f"format {fmt!r} is not one of {FORMATS}")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise ContractError(
+                ErrorCode.BAD_OPTION, f"beam_size must be between 1 and {MAX_BEAM_SIZE}, got {self.beam_size}"
+            )
+        for name in ("initial_prompt", "hotwords"):
+            text = getattr(self, name)
+            if text is not None and len(text) > MAX_PROMPT_CHARS:
+                raise ContractError(ErrorCode.BAD_OPTION, f"{name} is longer than {MAX_PROMPT_CHARS} characters")
+
+    # --- wire format -------------------------------------------------------------------
+    @classmethod
+    def from_pairs(cls, pairs: Mapping[str, str] | list[tuple[str, str]]) -> "RequestOptions":
+        """Build from string pairs (query string, custom attributes, S3 metadata).
+
+        Unknown keys are an error rather than silently ignored: a typo such as ``langauge``
+        would otherwise produce a transcript in the wrong language without a word of warning.
+        """
+        items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+        kwargs: dict[str, object] = {}
+        for raw_key, value in items:
+            key = raw_key.strip().lower().replace("-", "_")
+            if key in kwargs:
+                raise ContractError(ErrorCode.BAD_OPTION, f"option {key!r} given twice")
+            if key == "language":
+                lang = value.strip().lower()
+                kwargs[key] = None if lang in ("", "auto") else lang
+            elif key == "task":
+                kwargs[key] = value.strip().lower()
+            elif key in ("formats", "format", "output"):
+                kwargs["formats"] = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+            elif key in ("word_timestamps", "vad"):
+                kwargs[key] = _parse_bool(key, value)
+            elif key == "beam_size":
+                try:
+                    kwargs[key] = int(value)
+                except ValueError:
+                    raise ContractError(ErrorCode.BAD_OPTION, f"beam_size must be an integer, got {value!r}") from None
+            elif key in ("initial_prompt", "hotwords"):
+                kwargs[key] = value or None
+            else:
+                raise ContractError(
+                    ErrorCode.BAD_OPTION,
+                    f"unknown option {raw_key!r}; known options: language, task, formats, "
+                    "word_timestamps, vad, beam_size, initial_prompt, hotwords",
+                )
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_query(cls, query: str | None) -> "RequestOptions":
+        if not query:
+            return cls()
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=32)
+        except ValueError as exc:
+            raise ContractError(ErrorCode.BAD_OPTION, f"malformed options string: {exc}") from None
+        return cls.from_pairs(pairs)
+
+    def to_query(self) -> str:
+        """Only non-default values, so the string stays short and readable in logs."""
+        pairs: list[tuple[str, str]] = []
+        default = RequestOptions()
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value == getattr(default, f.name):
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            pairs.append((f.name, text))
+        return urlencode(pairs)
+
+    def to_custom_attributes(self) -> str:
+        text = self.to_query()
+        if len(text) > CUSTOM_ATTRIBUTES_LIMIT:
+            raise ContractError(
+                ErrorCode.BAD_OPTION,
+                f"options encode to {len(text)} characters; SageMaker allows {CUSTOM_ATTRIBUTES_LIMIT} "
+                "(shorten initial_prompt or hotwords)",
+            )
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        out = dataclasses.asdict(self)
+        out.pop("extra")
+        out["formats"] = list(self.formats)
+        return out

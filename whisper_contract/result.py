@@ -1,0 +1,135 @@
+"""The transcript document: what the container returns and the completion Lambda stores.
+
+Versioned so that stored transcripts stay readable after the schema grows: readers accept
+any document whose major version they know and ignore fields they do not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+RESULT_SCHEMA_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    words: tuple[Word, ...] | None = None
+
+    def shifted(self, offset: float, new_id: int) -> "Segment":
+        """The same segment placed ``offset`` seconds later (chunk-relative to file-global)."""
+        words = None
+        if self.words is not None:
+            words = tuple(replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3))
+                          for w in self.words)
+        return replace(self, id=new_id, start=round(self.start + offset, 3),
+                       end=round(self.end + offset, 3), words=words)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model and code produced a transcript: the ``model``/``backend``/``version`` block."""
+
+    model: str
+    backend: str
+    version: str
+    device: str = "cpu"
+    compute_type: str = "default"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where the audio came from; filled by the completion Lambda, absent on direct calls."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    inference_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds. ``submitted_at``/``completed_at`` are ISO-8601 strings set in AWS."""
+
+    processing_seconds: float
+    decode_seconds: float | None = None
+    submitted_at: str | None = None
+    completed_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    language_probability: float
+    duration: float
+    segments: tuple[Segment, ...]
+    model: ModelInfo
+    timings: Timings
+    options: dict[str, Any] = field(default_factory=dict)
+    source: SourceInfo | None = None
+    schema_version: str = RESULT_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        word_timestamps = any(s.words is not None for s in self.segments)
+        for seg in data["segments"]:
+            if not word_timestamps:
+                seg.pop("words")
+            elif seg["words"] is None:
+                seg["words"] = []
+        if self.source is None:
+            data.pop("source")
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Transcript":
+        major = str(data.get("schema_version", "1")).split(".")[0]
+        if major != RESULT_SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"transcript schema {data.get('schema_version')!r} is not supported")
+        segments = tuple(
+            Segment(
+                id=int(s["id"]), start=float(s["start"]), end=float(s["end"]), text=str(s["text"]),
+                avg_logprob=float(s["avg_logprob"]), no_speech_prob=float(s["no_speech_prob"]),
+                words=None if s.get("words") is None else tuple(
+                    Word(start=float(w["start"]), end=float(w["end"]), word=str(w["word"]),
+                         probability=float(w["probability"])) for w in s["words"]),
+            )
+            for s in data["segments"]
+        )
+        source = data.get("source")
+        return cls(
+            text=str(data["text"]),
+            language=str(data["language"]),
+            language_probability=float(data["language_probability"]),
+            duration=float(data["duration"]),
+            segments=segments,
+            model=ModelInfo(**data["model"]),
+            timings=Timings(**data["timings"]),
+            options=dict(data.get("options") or {}),
+            source=SourceInfo(**source) if source else None,
+            schema_version=str(data.get("schema_version", RESULT_SCHEMA_VERSION)),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Transcript":
+        return cls.from_dict(json.loads(text))
