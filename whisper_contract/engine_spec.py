@@ -29,7 +29,7 @@ class EngineBuildSpec:
     max_batch: int = 16
     max_beam: int = 4
     max_input_len: int = 14  # prompt tokens (decoder)
-    max_output_len: int = 448  # Whisper's own decoder limit; raise nothing past it
+    max_output_len: int = 434  # 448 decoder positions (Whisper) minus max_input_len
     gpu_arch: str = "sm86"  # must equal the serving GPU's architecture (A10G = sm86)
 
     def __post_init__(self) -> None:
