@@ -10,6 +10,10 @@ MAX_CONCURRENCY = "WHISPER_MAX_CONCURRENCY"  # = MaxConcurrentInvocationsPerInst
 REQUEST_TIMEOUT_S = "WHISPER_REQUEST_TIMEOUT_S"
 MAX_INPUT_BYTES = "WHISPER_MAX_INPUT_BYTES"
 BATCH_SIZE = "WHISPER_BATCH_SIZE"
+MAX_QUEUE = "WHISPER_MAX_QUEUE"  # requests waiting beyond MAX_CONCURRENCY before 429
+MAX_AUDIO_S = "WHISPER_MAX_AUDIO_S"  # longer audio is rejected (input_too_long)
+CPU_THREADS = "WHISPER_CPU_THREADS"  # 0: CTranslate2 decides
+SHUTDOWN_GRACE_S = "WHISPER_SHUTDOWN_GRACE_S"  # after SIGTERM, in-flight work gets this long
 PORT = "SAGEMAKER_BIND_TO_PORT"  # SageMaker's own name; 8080 when unset
 
 # Lambdas.

@@ -1,0 +1,18 @@
+# The inference container: run the server locally, package the DLC tarball, lint Dockerfiles.
+MODEL ?= tiny.en
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DLC_OUT ?= build/dlc
+
+.PHONY: serve package-dlc hadolint
+
+serve: ## run the Whisper server on $(HOST):$(PORT), CPU, bundled model (MODEL=tiny.en|base)
+	WHISPER_MODEL_DIR="$$($(PY) -c 'from whisper_server.bundled import bundled_model_dir as b; print(b("$(MODEL)"))')" \
+	WHISPER_MODEL_NAME="$(MODEL)" WHISPER_DEVICE=cpu \
+	$(PY) -m whisper_server --host $(HOST) --port $(PORT)
+
+package-dlc: ## build $(DLC_OUT)/model.tar.gz for the stock SageMaker PyTorch container (MODEL=, WHEELS=1 to bundle wheels)
+	$(PY) -m whisper_server.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,)
+
+hadolint: ## lint both inference Dockerfiles
+	hadolint containers/whisper/Dockerfile containers/whisper/Dockerfile.cpu
