@@ -46,3 +46,27 @@ def inference_id(bucket: str, key: str, version_or_etag: str | None) -> str:
 
 def job_key(inference_id_: str) -> str:
     return f"{JOBS_PREFIX}{inference_id_}.json"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key). Keys keep their characters as S3 stores them."""
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    bucket, key = uri[5:].split("/", 1)
+    if not bucket or not key:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return bucket, key
+
+
+def plain_etag(etag: str | None) -> str | None:
+    """ETags arrive quoted from HeadObject and bare in S3 events; ids must not depend on that."""
+    return etag.strip('"') if etag else None
+
+
+def is_internal_key(key: str) -> bool:
+    """Keys the pipeline itself writes: never inputs, even in a shared bucket."""
+    return key.startswith((JOBS_PREFIX, ASYNC_OUTPUT_PREFIX, ASYNC_FAILURE_PREFIX)) or key.endswith(ERROR_SUFFIX)
