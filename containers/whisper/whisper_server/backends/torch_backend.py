@@ -1,0 +1,410 @@
+"""The ``torch`` backend: our PyTorch Whisper (torch_model.py) behind the Backend protocol.
+
+Decoding follows openai/whisper's reference (decoding.py, transcribe.py) for one 30 s
+window: the same suppressed tokens, timestamp rules, temperature fallback on compression
+ratio / average log-probability, and the no-speech skip. Differences, on purpose:
+
+* temperature 0 is greedy (``beam_size`` is not used) and T > 0 draws one sample (best_of 1):
+  beams multiply the cross-attention reads that bound throughput;
+* no word timestamps (``Segment.words`` stays None);
+* the batch decodes in lockstep: every chunk of a call shares one prompt, one KV cache and,
+  on CUDA, one CUDA graph per batch bucket for the decode step.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from whisper_contract import ModelInfo, Segment
+
+from .base import CHUNK_SAMPLES, DecodeOptions
+from .torch_model import Decoder, DecodeState, Dims, Whisper
+
+# openai/whisper transcribe() defaults.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOGPROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+MAX_INITIAL_TIMESTAMP = 1.0
+TIME_PRECISION = 0.02
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GIB = 1 << 30
+
+
+# --------------------------------------------------------------------------- memory model
+
+def max_batch_size(dims: Dims, gpu_bytes: int, dtype_bytes: int = 2, ctx: int = 448,
+                   cross_bytes: int | None = None, reserve_bytes: int = 2 * GIB) -> int:
+    """Largest batch bucket whose caches fit beside the weights in ``gpu_bytes``.
+
+    Per sequence: cross-attention K/V (2 x layers x 1500 x d), self-attention K/V
+    (2 x layers x ctx x d), and the encoder's activations while that row is encoded
+    (about 12 x 1500 x d for the MLP's hidden and the residual stream). 10 % of the card
+    and ``reserve_bytes`` stay free for the allocator, cuBLAS workspaces and the graphs.
+    """
+    cross_bytes = cross_bytes or dtype_bytes
+    d_a, d_t = dims.n_audio_state, dims.n_text_state
+    params = (dims.n_audio_layer * 12 * d_a * d_a + dims.n_text_layer * 16 * d_t * d_t
+              + dims.n_vocab * d_t + 3 * dims.n_mels * d_a + 3 * d_a * d_a)
+    per_seq = (2 * dims.n_text_layer * dims.n_audio_ctx * d_t * cross_bytes
+               + 2 * dims.n_text_layer * ctx * d_t * dtype_bytes
+               + 12 * dims.n_audio_ctx * d_a * dtype_bytes)
+    free = int(gpu_bytes * 0.9) - params * dtype_bytes - reserve_bytes
+    fits = [b for b in BATCH_BUCKETS if b * per_seq <= free]
+    return fits[-1] if fits else 1
+
+
+def bucket(n: int) -> int:
+    return next(b for b in BATCH_BUCKETS if b >= n)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+@dataclass(frozen=True)
+class Specials:
+    eot: int
+    sot: int
+    translate: int
+    transcribe: int
+    sot_lm: int
+    sot_prev: int
+    no_speech: int
+    no_timestamps: int
+    timestamp_begin: int
+    languages: dict[str, int]  # "en" -> token id
+
+
+class Tokenizer:
+    """Whisper's byte-level BPE (tokenizer.json) and its special tokens."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(path))
+        tid = self._tok.token_to_id
+        no_speech = tid("<|nospeech|>")
+        if no_speech is None:
+            no_speech = tid("<|nocaptions|>")
+        no_ts = tid("<|notimestamps|>")
+        ts0 = tid("<|0.00|>")
+        sot, translate = tid("<|startoftranscript|>"), tid("<|translate|>")
+        langs = {}
+        for i in range(sot + 1, translate):
+            token = self._tok.id_to_token(i)
+            if token and token.startswith("<|") and token.endswith("|>"):
+                langs[token[2:-2]] = i
+        self.specials = Specials(
+            eot=tid("<|endoftext|>"), sot=sot, translate=translate, transcribe=tid("<|transcribe|>"),
+            sot_lm=tid("<|startoflm|>"), sot_prev=tid("<|startofprev|>"), no_speech=no_speech,
+            no_timestamps=no_ts, timestamp_begin=ts0 if ts0 is not None else no_ts + 1, languages=langs)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([i for i in ids if i < self.specials.eot])
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+
+class StepRunner:
+    """One decode step for a fixed batch and cache; on CUDA, replayed from a CUDA graph."""
+
+    def __init__(self, decoder: Decoder, state: DecodeState, use_graph: bool) -> None:
+        self.decoder, self.state = decoder, state
+        dev = decoder.positional_embedding.device
+        self.tokens = torch.zeros(state.batch, 1, dtype=torch.long, device=dev)
+        # Warm-up and capture write their keys/values to the last cache slot, which real
+        # steps overwrite before they ever attend to it.
+        self.pos = torch.full((1,), state.self_k.shape[3] - 1, dtype=torch.long, device=dev)
+        self.graph = None
+        if use_graph:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(2):
+                    decoder(self.tokens, self.pos, state)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.no_grad():
+                self.logits = decoder(self.tokens, self.pos, state)
+
+    @torch.no_grad()
+    def __call__(self, tokens: Tensor, pos: int) -> Tensor:
+        if self.graph is None:
+            return self.decoder(tokens, torch.tensor([pos], device=tokens.device), self.state)
+        self.tokens.copy_(tokens)
+        self.pos.fill_(pos)
+        self.graph.replay()
+        return self.logits
+
+
+# --------------------------------------------------------------------------- decoding
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: list[int]  # sampled tokens, without the final end-of-text
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+
+
+def compression_ratio(text: str) -> float:
+    raw = text.encode("utf-8")
+    return len(raw) / len(gzip.compress(raw)) if raw else 0.0
+
+
+class TorchBackend:
+    """Backend protocol implementation; build it with :meth:`from_model_dir`."""
+
+    def __init__(self, model: Whisper, tokenizer: Tokenizer, *, name: str, suppress: Sequence[int],
+                 max_batch: int, use_graphs: bool) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sp = tokenizer.specials
+        self.multilingual = model.dims.n_vocab >= 51865
+        self.max_batch = max_batch
+        self.use_graphs = use_graphs
+        self.info = ModelInfo(model=name, backend="torch", version=torch.__version__,
+                              device=str(model.device.type), compute_type=str(model.dtype).removeprefix("torch."))
+        sp = self.sp
+        self._suppress = torch.tensor(sorted(set(suppress) | {sp.translate, sp.transcribe, sp.sot, sp.sot_prev,
+                                                              sp.sot_lm, sp.no_speech}), device=model.device)
+        self._blank = torch.tensor(tokenizer.encode(" ") + [sp.eot], device=model.device)
+        self._runners: dict[int, StepRunner] = {}
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
+                       max_batch: int | None = None, name: str | None = None) -> "TorchBackend":
+        """Load a CTranslate2 (model.bin) or Hugging Face (model.safetensors) Whisper directory.
+
+        device: "cuda", "cpu" or "auto"; dtype: "float16", "bfloat16" or "float32"
+        (default float16 on CUDA, float32 on CPU); max_batch: default from the memory model.
+        """
+        import json
+
+        from .torch_convert import load_model_dir
+
+        model_dir = Path(model_dir)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if device == "cuda" else torch.float32)
+        model = load_model_dir(model_dir, device=device, dtype=torch_dtype)
+        tokenizer = Tokenizer(model_dir / "tokenizer.json")
+        suppress: list[int] = []
+        cfg_path = model_dir / "config.json"
+        if cfg_path.exists():
+            cfg = json.loads(cfg_path.read_text())
+            suppress = cfg.get("suppress_ids") or cfg.get("suppress_tokens") or []
+        if max_batch is None:
+            if device == "cuda":
+                total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+                max_batch = max_batch_size(model.dims, total, dtype_bytes=torch_dtype.itemsize)
+            else:
+                max_batch = 8
+        return cls(model, tokenizer, name=name or model_dir.name, suppress=suppress,
+                   max_batch=max_batch, use_graphs=device == "cuda")
+
+    # ----------------------------------------------------------------- protocol
+
+    def close(self) -> None:
+        self._runners.clear()
+        self.model = None  # type: ignore[assignment]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        if not self.multilingual:
+            return "en", 1.0
+        enc = self._encode([audio])
+        state = self.model.decoder.new_state(1, ctx=8)
+        self.model.decoder.set_cross(state, enc)
+        logits = self.model.decoder(torch.tensor([[self.sp.sot]], device=enc.device),
+                                    torch.zeros(1, dtype=torch.long, device=enc.device), state)[0]
+        codes = list(self.sp.languages)
+        ids = torch.tensor([self.sp.languages[c] for c in codes], device=logits.device)
+        probs = logits[ids].softmax(-1)
+        best = int(probs.argmax())
+        return codes[best], float(probs[best])
+
+    @torch.no_grad()
+    def transcribe_chunks(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
+        out: list[list[Segment]] = []
+        for i in range(0, len(chunks), self.max_batch):
+            out.extend(self._transcribe_batch(list(chunks[i : i + self.max_batch]), options))
+        return out
+
+    # ----------------------------------------------------------------- internals
+
+    def prompt(self, options: DecodeOptions) -> tuple[list[int], int]:
+        """Prompt tokens and the index of <|startoftranscript|> in them."""
+        sp = self.sp
+        tokens: list[int] = []
+        context = " ".join(t.strip() for t in (options.hotwords, options.initial_prompt) if t and t.strip())
+        if context:
+            # openai keeps the last n_text_ctx // 2 - 1 prompt tokens.
+            tokens = [sp.sot_prev] + self.tokenizer.encode(" " + context)[-(self.model.dims.n_text_ctx // 2 - 1):]
+        sot_index = len(tokens)
+        tokens.append(sp.sot)
+        if self.multilingual:
+            if options.language not in sp.languages:
+                raise ValueError(f"language {options.language!r} is not known to this model")
+            tokens += [sp.languages[options.language], sp.translate if options.task == "translate" else sp.transcribe]
+        return tokens, sot_index
+
+    def _encode(self, chunks: Sequence[np.ndarray]) -> Tensor:
+        model = self.model
+        audio = torch.zeros(len(chunks), CHUNK_SAMPLES, dtype=torch.float32)
+        lengths = torch.zeros(len(chunks), dtype=torch.long)
+        for i, c in enumerate(chunks):
+            c = np.asarray(c, dtype=np.float32)[:CHUNK_SAMPLES]
+            audio[i, : len(c)] = torch.from_numpy(c)
+            lengths[i] = len(c)
+        mel = model.features(audio.to(model.device, non_blocking=True), lengths)
+        return model.encoder(mel)
+
+    def _transcribe_batch(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
+        enc = self._encode(chunks)
+        prompt, sot_index = self.prompt(options)
+        results: list[Decoded | None] = [None] * len(chunks)
+        todo = list(range(len(chunks)))
+        temps = options.temperatures or (0.0,)
+        for n, temperature in enumerate(temps):
+            decoded = self._decode(enc[todo], prompt, sot_index, temperature)
+            retry = []
+            for row, d in zip(todo, decoded):
+                results[row] = d
+                failed = d.compression_ratio > COMPRESSION_RATIO_THRESHOLD or d.avg_logprob < LOGPROB_THRESHOLD
+                silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD
+                if failed and not silent and n + 1 < len(temps):
+                    retry.append(row)
+            todo = retry
+            if not todo:
+                break
+        return [self._segments(d, len(c) / 16_000) for d, c in zip(results, chunks)]  # type: ignore[arg-type]
+
+    def _segments(self, d: Decoded, duration: float) -> list[Segment]:
+        if d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD:
+            return []  # openai's silence skip
+        tb = self.sp.timestamp_begin
+        toks = d.tokens
+        is_ts = [t >= tb for t in toks]
+        cuts = [i for i in range(1, len(toks)) if is_ts[i] and is_ts[i - 1]]
+        pieces: list[tuple[float, float, list[int]]] = []
+        if cuts:
+            if len(toks) >= 2 and not is_ts[-2] and is_ts[-1]:
+                cuts.append(len(toks))
+            last = 0
+            for cut in cuts:
+                part = toks[last:cut]
+                pieces.append(((part[0] - tb) * TIME_PRECISION, (part[-1] - tb) * TIME_PRECISION, part))
+                last = cut
+            rest = toks[last:]
+            if any(t < tb for t in rest):  # text after the last pair runs to the chunk's end
+                start = (rest[0] - tb) * TIME_PRECISION if rest[0] >= tb else pieces[-1][1]
+                pieces.append((start, duration, rest))
+        else:
+            stamps = [t for t in toks if t >= tb]
+            end = (stamps[-1] - tb) * TIME_PRECISION if stamps and stamps[-1] != tb else duration
+            pieces.append((0.0, end, toks))
+        segments = []
+        for start, end, part in pieces:
+            text = self.tokenizer.decode([t for t in part if t < self.sp.eot])
+            if not text.strip():
+                continue
+            segments.append(Segment(id=len(segments), start=round(start, 3), end=round(max(end, start), 3),
+                                    text=text, avg_logprob=d.avg_logprob, no_speech_prob=d.no_speech_prob))
+        return segments
+
+    def _runner(self, batch: int) -> StepRunner:
+        if batch not in self._runners:
+            # One cache + graph per bucket, kept: capture costs more than a chunk's decode.
+            state = self.model.decoder.new_state(batch)
+            self._runners[batch] = StepRunner(self.model.decoder, state, self.use_graphs)
+        return self._runners[batch]
+
+    def _decode(self, enc: Tensor, prompt: list[int], sot_index: int, temperature: float) -> list[Decoded]:
+        """Lockstep greedy/sampled decoding of ``enc`` rows with Whisper's logit rules."""
+        n = enc.shape[0]
+        b = bucket(n) if self.use_graphs else n
+        runner = self._runner(b)
+        state, dec, dev = runner.state, self.model.decoder, enc.device
+        if b > n:  # pad rows repeat the last chunk; their results are dropped
+            enc = torch.cat([enc, enc[-1:].expand(b - n, -1, -1)])
+        dec.set_cross(state, enc)
+        sp = self.sp
+        vocab = self.model.dims.n_vocab
+        ids = torch.arange(vocab, device=dev)
+        tb = sp.timestamp_begin
+        prompt_t = torch.tensor([prompt], device=dev).expand(b, -1)
+        zero = torch.zeros(1, dtype=torch.long, device=dev)
+        first = dec(prompt_t[:, : sot_index + 1], zero, state)
+        no_speech = first.softmax(-1)[:, sp.no_speech]
+        logits = first if sot_index + 1 == len(prompt) else dec(prompt_t[:, sot_index + 1 :], zero + sot_index + 1, state)
+        pos = len(prompt)
+        max_new = min(self.model.dims.n_text_ctx // 2, self.model.dims.n_text_ctx - pos)
+        out = torch.full((b, max_new), sp.eot, dtype=torch.long, device=dev)
+        sum_lp = torch.zeros(b, device=dev)
+        finished = torch.zeros(b, dtype=torch.bool, device=dev)
+        last_ts = torch.zeros(b, dtype=torch.bool, device=dev)
+        penult_ts = torch.ones(b, dtype=torch.bool, device=dev)  # openai: True while fewer than 2 tokens
+        max_stamp = torch.full((b,), -1, dtype=torch.long, device=dev)  # last timestamp token, -1: none
+        neg_inf = float("-inf")
+        for step in range(max_new):
+            logits = logits.float().clone()
+            logits[:, self._suppress] = neg_inf
+            logits[:, sp.no_timestamps] = neg_inf
+            if step == 0:
+                logits[:, self._blank] = neg_inf
+                logits[:, :tb] = neg_inf  # the first token is a timestamp ...
+                logits[:, tb + round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION) + 1 :] = neg_inf  # ... <= 1 s
+            else:
+                is_text = ids[None, :] < sp.eot
+                is_stamp = ids[None, :] >= tb
+                # Timestamps come in pairs: after a pair only text (or eot); after a lone
+                # timestamp only another timestamp or eot.
+                logits.masked_fill_((last_ts & penult_ts)[:, None] & is_stamp, neg_inf)
+                logits.masked_fill_((last_ts & ~penult_ts)[:, None] & is_text, neg_inf)
+                # Timestamps never go backwards (and a closed pair's end cannot start the next).
+                floor = torch.where(last_ts & ~penult_ts, max_stamp, max_stamp + 1)
+                floor = torch.where(max_stamp >= 0, floor, torch.zeros_like(floor))
+                logits.masked_fill_(is_stamp & (ids[None, :] < floor[:, None]), neg_inf)
+            logprobs = logits.log_softmax(-1)
+            ts_mass = logprobs[:, tb:].logsumexp(-1)
+            text_best = logprobs[:, :tb].max(-1).values
+            logits.masked_fill_((ts_mass > text_best)[:, None] & (ids[None, :] < tb), neg_inf)
+            logprobs = logits.log_softmax(-1)
+            if temperature > 0:
+                token = torch.multinomial((logits / temperature).softmax(-1), 1)[:, 0]
+            else:
+                token = logits.argmax(-1)
+            token = torch.where(finished, torch.full_like(token, sp.eot), token)
+            sum_lp += torch.where(finished, torch.zeros_like(sum_lp), logprobs.gather(1, token[:, None])[:, 0])
+            out[:, step] = token
+            finished |= token == sp.eot
+            stamp = token >= tb
+            penult_ts = last_ts
+            last_ts = stamp
+            max_stamp = torch.where(stamp, token, max_stamp)
+            if step % 8 == 7 and bool(finished[:n].all()):  # sync rarely: each check stalls the queue
+                break
+            if step + 1 < max_new:
+                logits = runner(token[:, None], pos + step)
+        rows = out[:n].tolist()
+        lps = sum_lp[:n].tolist()
+        nsp = no_speech[:n].tolist()
+        results = []
+        for toks, lp, ns in zip(rows, lps, nsp):
+            toks = toks[: toks.index(sp.eot)] if sp.eot in toks else toks
+            text = self.tokenizer.decode([t for t in toks if t < sp.eot])
+            results.append(Decoded(toks, lp / (len(toks) + 1), ns, compression_ratio(text), temperature))
+        return results

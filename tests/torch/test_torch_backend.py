@@ -1,0 +1,131 @@
+"""The torch backend with converted real weights against faster-whisper on the same model (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from whisper_eval.clips import load_clips
+from whisper_eval.wer import wer
+from whisper_server.backends.base import Backend, DecodeOptions
+from whisper_server.backends.torch_backend import TorchBackend, max_batch_size
+from whisper_server.backends.torch_convert import read_ct2, state_dict_from_hf
+from whisper_server.backends.torch_model import PRESETS, mel_filters
+
+# Short English clips keep this under a minute on two cores; the 29 s one covers a full window.
+CLIPS = ("1221-135766-0002", "2830-3980-0043", "LJ001-0001", "LJ001-0004", "1272-128104-0004")
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_en_dir):
+    torch.set_num_threads(2)
+    be = TorchBackend.from_model_dir(tiny_en_dir, device="cpu")
+    yield be
+    be.close()
+
+
+@pytest.fixture(scope="module")
+def audio():
+    from faster_whisper import decode_audio
+
+    clips = [c for c in load_clips() if any(k in c.name for k in CLIPS)]
+    assert len(clips) == len(CLIPS)
+    return [(c, decode_audio(str(c.path))) for c in clips]
+
+
+def test_backend_satisfies_protocol(backend):
+    assert isinstance(backend, Backend)
+    assert backend.info.backend == "torch"
+    assert backend.detect_language(np.zeros(16_000, np.float32)) == ("en", 1.0)  # English-only model
+
+
+def test_mel_filters_match_faster_whisper():
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    np.testing.assert_allclose(mel_filters(80), FeatureExtractor(feature_size=80).mel_filters, atol=1e-6)
+    np.testing.assert_allclose(mel_filters(128), FeatureExtractor(feature_size=128).mel_filters, atol=1e-6)
+
+
+def test_log_mel_matches_faster_whisper(backend, audio):
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    _, a = audio[2]
+    ref = FeatureExtractor(feature_size=80)(a)
+    x = torch.zeros(1, 480_000)
+    x[0, : len(a)] = torch.from_numpy(a)
+    ours = backend.model.features(x, torch.tensor([len(a)]))[0].numpy()
+    n = ref.shape[1]
+    assert np.abs(ours[:, :n] - ref).max() < 1e-3
+    assert not ours[:, n:].any()  # past the end: zeros, as faster-whisper pads features
+
+
+def test_transcripts_match_faster_whisper(backend, audio, tiny_en_dir, capsys):
+    from faster_whisper import WhisperModel
+
+    fw = WhisperModel(str(tiny_en_dir), device="cpu", compute_type="float32", cpu_threads=2)
+    results = backend.transcribe_chunks([a for _, a in audio], DecodeOptions(language="en"))
+    lines = []
+    for (clip, a), segments in zip(audio, results):
+        ours = "".join(s.text for s in segments)
+        assert segments and all(0 <= s.start <= s.end <= len(a) / 16_000 + 0.5 for s in segments)
+        assert [s.id for s in segments] == list(range(len(segments)))
+        theirs = "".join(s.text for s in fw.transcribe(a, language="en", beam_size=1)[0])
+        w_ours, w_theirs = wer(clip.reference, ours), wer(clip.reference, theirs)
+        lines.append(f"{clip.name}: WER ours {w_ours:.3f} faster-whisper {w_theirs:.3f}")
+        assert abs(w_ours - w_theirs) <= 0.2, (clip.name, ours, theirs)
+        assert wer(theirs, ours) <= 0.2, (clip.name, ours, theirs)
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+
+
+def test_ct2_reader_resolves_alias_and_shapes(tiny_en_dir):
+    v = read_ct2(tiny_en_dir / "model.bin")
+    assert v["decoder/projection/weight"] is v["decoder/embeddings/weight"]
+    assert v["decoder/embeddings/weight"].shape == (51864, 384)
+    assert v["encoder/layer_3/self_attention/linear_0/weight"].shape == (3 * 384, 384)
+
+
+def test_hf_state_dict_converts_to_same_model(backend):
+    """Rename our tiny.en weights into transformers' layout and back: the same tensors."""
+    ours = {k: v for k, v in backend.model.state_dict().items() if not k.startswith("mel.")}
+    hf = {"model.encoder.conv1.weight": ours["encoder.conv1.weight"], "model.encoder.conv1.bias": ours["encoder.conv1.bias"],
+          "model.encoder.conv2.weight": ours["encoder.conv2.weight"], "model.encoder.conv2.bias": ours["encoder.conv2.bias"],
+          "model.encoder.embed_positions.weight": ours["encoder.positions"],
+          "model.encoder.layer_norm.weight": ours["encoder.ln_post.weight"], "model.encoder.layer_norm.bias": ours["encoder.ln_post.bias"],
+          "model.decoder.embed_tokens.weight": ours["decoder.token_embedding.weight"],
+          "model.decoder.embed_positions.weight": ours["decoder.positional_embedding"],
+          "model.decoder.layer_norm.weight": ours["decoder.ln.weight"], "model.decoder.layer_norm.bias": ours["decoder.ln.bias"]}
+    for side, n in (("encoder", 4), ("decoder", 4)):
+        for i in range(n):
+            o, p = f"{side}.blocks.{i}", f"model.{side}.layers.{i}"
+            q, k, v = ours[f"{o}.attn.qkv.weight"].chunk(3)
+            qb, _, vb = ours[f"{o}.attn.qkv.bias"].chunk(3)
+            hf.update({f"{p}.self_attn.q_proj.weight": q, f"{p}.self_attn.k_proj.weight": k, f"{p}.self_attn.v_proj.weight": v,
+                       f"{p}.self_attn.q_proj.bias": qb, f"{p}.self_attn.v_proj.bias": vb,
+                       f"{p}.self_attn.out_proj.weight": ours[f"{o}.attn.out.weight"], f"{p}.self_attn.out_proj.bias": ours[f"{o}.attn.out.bias"],
+                       f"{p}.self_attn_layer_norm.weight": ours[f"{o}.attn_ln.weight"], f"{p}.self_attn_layer_norm.bias": ours[f"{o}.attn_ln.bias"],
+                       f"{p}.final_layer_norm.weight": ours[f"{o}.mlp_ln.weight"], f"{p}.final_layer_norm.bias": ours[f"{o}.mlp_ln.bias"],
+                       f"{p}.fc1.weight": ours[f"{o}.mlp.0.weight"], f"{p}.fc1.bias": ours[f"{o}.mlp.0.bias"],
+                       f"{p}.fc2.weight": ours[f"{o}.mlp.2.weight"], f"{p}.fc2.bias": ours[f"{o}.mlp.2.bias"]})
+            if side == "decoder":
+                ck, cv = ours[f"{o}.cross.kv.weight"].chunk(2)
+                hf.update({f"{p}.encoder_attn.q_proj.weight": ours[f"{o}.cross.q.weight"], f"{p}.encoder_attn.q_proj.bias": ours[f"{o}.cross.q.bias"],
+                           f"{p}.encoder_attn.k_proj.weight": ck, f"{p}.encoder_attn.v_proj.weight": cv,
+                           f"{p}.encoder_attn.v_proj.bias": ours[f"{o}.cross.kv.bias"].chunk(2)[1],
+                           f"{p}.encoder_attn.out_proj.weight": ours[f"{o}.cross.out.weight"], f"{p}.encoder_attn.out_proj.bias": ours[f"{o}.cross.out.bias"],
+                           f"{p}.encoder_attn_layer_norm.weight": ours[f"{o}.cross_ln.weight"], f"{p}.encoder_attn_layer_norm.bias": ours[f"{o}.cross_ln.bias"]})
+    dims, back = state_dict_from_hf(hf)
+    assert dims == backend.model.dims
+    assert back.keys() == ours.keys()
+    for k in ours:
+        assert torch.equal(back[k], ours[k]), k
+
+
+def test_memory_model_picks_batches_by_gpu():
+    big, turbo = PRESETS["large-v3"], PRESETS["large-v3-turbo"]
+    h100, a10g = 80 * 10**9, 24 * 10**9
+    assert max_batch_size(big, h100) == 128 or max_batch_size(big, h100) == 64
+    assert max_batch_size(big, a10g) < max_batch_size(big, h100)
+    assert max_batch_size(turbo, a10g) > max_batch_size(big, a10g)
+    assert max_batch_size(big, 5 * 10**9) == 1  # never zero, even when nothing fits
