@@ -253,13 +253,13 @@ class LocalPipeline:
         return [sys.executable, "-m", "whisper_server", "--host", "127.0.0.1", "--port", str(port)]
 
     def _container_env(self) -> dict[str, str]:
-        model_dir = self.config.model_dir
+        model_dir, label = self.config.model_dir, None
         if model_dir is None:
             from whisper_server.bundled import bundled_model_dir
 
-            model_dir = bundled_model_dir("tiny.en")
-        return {env.MODEL_DIR: str(model_dir), env.DEVICE: "cpu", env.MAX_CONCURRENCY: str(self.config.max_concurrency),
-                **(self.config.container_env or {})}
+            model_dir, label = bundled_model_dir("tiny.en"), "tiny.en"
+        return {env.MODEL_DIR: str(model_dir), env.MODEL_NAME: label or Path(model_dir).name, env.DEVICE: "cpu",
+                env.MAX_CONCURRENCY: str(self.config.max_concurrency), **(self.config.container_env or {})}
 
     def _queue_with_dlq(self, sqs: Any, name: str) -> tuple[str, str]:
         dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]

@@ -1,0 +1,217 @@
+"""What ``whisper-sm`` does, without the terminal: find the deployment, upload, follow, download.
+
+A deployment is either real AWS (bucket and endpoint names from the CloudFormation stack
+outputs of the chosen environment) or the local pipeline (its state file). Progress is read
+from the job records the trigger and completion Lambdas keep in the output bucket, so a
+file is "done" exactly when its transcript or its ``.error.json`` has been written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl
+
+import boto3
+from botocore.exceptions import ClientError
+
+from whisper_contract import RequestOptions
+from whisper_contract.jobs import FINAL_STATES, JobRecord
+from whisper_contract.keys import inference_id, is_audio_key, job_key, plain_etag
+
+LOCAL = "local"
+# CloudFormation output keys the CDK stacks publish (stacks/storage.py, the endpoint stack).
+OUTPUT_KEYS = {"input_bucket": "InputBucketName", "output_bucket": "OutputBucketName", "endpoint_name": "EndpointName"}
+# Environment variables that override the stack outputs (e.g. for a hand-built deployment).
+OVERRIDE_ENV = {"input_bucket": "WHISPER_INPUT_BUCKET", "output_bucket": "WHISPER_OUTPUT_BUCKET",
+                "endpoint_name": "WHISPER_ENDPOINT_NAME"}
+UPLOADED = "uploaded"  # no job record yet: the trigger has not seen the object
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisper-sagemaker"
+
+
+@dataclass
+class Target:
+    env_name: str
+    input_bucket: str
+    output_bucket: str
+    endpoint_name: str
+    s3: Any
+    session: Any = None  # boto3 session (AWS only)
+    status_url: str | None = None  # local stand-in's status endpoint
+
+    def status(self) -> dict[str, Any]:
+        if self.status_url:
+            import httpx
+
+            return httpx.get(self.status_url, timeout=5).json()
+        return aws_status(self.session, self.endpoint_name)
+
+
+def resolve(env_name: str, *, state_path: Path | None = None, profile: str | None = None) -> Target:
+    if env_name == LOCAL:
+        from whisper_local.pipeline import LocalState
+
+        state = LocalState.read(state_path)
+        return Target(env_name, state.input_bucket, state.output_bucket, state.endpoint_name, state.client("s3"),
+                      status_url=f"{state.sagemaker_url}/_local/status")
+    session = boto3.session.Session(profile_name=profile)
+    names = stack_outputs(session.client("cloudformation"), env_name)
+    for field, var in OVERRIDE_ENV.items():
+        if os.environ.get(var):
+            names[field] = os.environ[var]
+    missing = [OUTPUT_KEYS[f] for f in OUTPUT_KEYS if not names.get(f)]
+    if missing:
+        raise RuntimeError(f"no stack of environment {env_name!r} has the outputs {', '.join(missing)}; "
+                           f"deploy it (make deploy ENV={env_name}) or set {', '.join(OVERRIDE_ENV.values())}")
+    return Target(env_name, names["input_bucket"], names["output_bucket"], names["endpoint_name"],
+                  session.client("s3"), session=session)
+
+
+def stack_outputs(cloudformation: Any, env_name: str) -> dict[str, str]:
+    """Outputs of the live stacks whose name contains the environment name, by our keys."""
+    wanted = {v: k for k, v in OUTPUT_KEYS.items()}
+    found: dict[str, str] = {}
+    for page in cloudformation.get_paginator("describe_stacks").paginate():
+        for stack in page["Stacks"]:
+            if env_name.lower() not in stack["StackName"].lower() or stack["StackStatus"].endswith("_FAILED"):
+                continue
+            for output in stack.get("Outputs", []):
+                if output["OutputKey"] in wanted:
+                    found[wanted[output["OutputKey"]]] = output["OutputValue"]
+    return found
+
+
+def aws_status(session: Any, endpoint_name: str) -> dict[str, Any]:
+    endpoint = session.client("sagemaker").describe_endpoint(EndpointName=endpoint_name)
+    variants = endpoint.get("ProductionVariants", [])
+    now = datetime.now(timezone.utc)
+    stats = session.client("cloudwatch").get_metric_statistics(
+        Namespace="AWS/SageMaker", MetricName="ApproximateBacklogSize",
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint_name}],
+        StartTime=now - timedelta(minutes=10), EndTime=now, Period=60, Statistics=["Maximum"])
+    points = sorted(stats.get("Datapoints", []), key=lambda p: p["Timestamp"])
+    return {"endpoint_name": endpoint_name, "endpoint_status": endpoint.get("EndpointStatus"),
+            "instances": sum(v.get("CurrentInstanceCount", 0) for v in variants),
+            "desired_instances": sum(v.get("DesiredInstanceCount", 0) for v in variants),
+            "backlog": points[-1]["Maximum"] if points else None,
+            "backlog_at": points[-1]["Timestamp"].isoformat() if points else None}
+
+
+# --- submissions ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Submission:
+    path: str
+    key: str
+    inference_id: str
+
+
+def collect(paths: Iterable[Path], prefix: str = "") -> list[tuple[Path, str]]:
+    """(file, key) pairs: files as named, directories recursively (audio files only)."""
+    pairs: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and is_audio_key(p.name)):
+                pairs.append((file, prefix + f"{path.name}/{file.relative_to(path).as_posix()}"))
+        elif path.is_file():
+            if not is_audio_key(path.name):
+                raise ValueError(f"{path} does not have an audio file extension; the pipeline would skip it")
+            pairs.append((path, prefix + path.name))
+        else:
+            raise FileNotFoundError(path)
+    return pairs
+
+
+def upload(target: Target, pairs: list[tuple[Path, str]], options: RequestOptions,
+           progress: Callable[[int], None] | None = None) -> list[Submission]:
+    # The trigger reads the same names back from the object's user metadata.
+    metadata = dict(parse_qsl(options.to_query()))
+    submissions = []
+    for path, key in pairs:
+        target.s3.upload_file(str(path), target.input_bucket, key, ExtraArgs={"Metadata": metadata},
+                              Callback=progress)
+        head = target.s3.head_object(Bucket=target.input_bucket, Key=key)
+        job = inference_id(target.input_bucket, key, head.get("VersionId") or plain_etag(head.get("ETag")))
+        submissions.append(Submission(str(path), key, job))
+    return submissions
+
+
+def manifest_path(env_name: str) -> Path:
+    return cache_dir() / f"last-submit-{env_name}.json"
+
+
+def save_manifest(env_name: str, submissions: list[Submission]) -> Path:
+    path = manifest_path(env_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(s) for s in submissions], indent=2))
+    return path
+
+
+def load_manifest(env_name: str) -> list[Submission]:
+    try:
+        return [Submission(**s) for s in json.loads(manifest_path(env_name).read_text())]
+    except FileNotFoundError:
+        raise RuntimeError(f"nothing submitted to {env_name!r} from this machine yet; name the keys instead") from None
+
+
+def for_keys(target: Target, keys: list[str]) -> list[Submission]:
+    """Submissions for objects already in the input bucket (their current version)."""
+    subs = []
+    for key in keys:
+        head = target.s3.head_object(Bucket=target.input_bucket, Key=key)
+        job = inference_id(target.input_bucket, key, head.get("VersionId") or plain_etag(head.get("ETag")))
+        subs.append(Submission("", key, job))
+    return subs
+
+
+# --- following and fetching ------------------------------------------------------------
+def job(target: Target, submission: Submission) -> JobRecord | None:
+    try:
+        body = target.s3.get_object(Bucket=target.output_bucket, Key=job_key(submission.inference_id))["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return JobRecord.from_json(body)
+
+
+def wait(target: Target, submissions: list[Submission], *, timeout_s: float = 3600, poll_s: float = 1.0,
+         on_change: Callable[[Submission, str, JobRecord | None], None] | None = None) -> dict[str, JobRecord | None]:
+    """Poll job records until every submission is finished (or the timeout passes)."""
+    states: dict[str, JobRecord | None] = {s.key: None for s in submissions}
+    seen: dict[str, str] = {}
+    deadline = time.time() + timeout_s
+    while True:
+        for sub in submissions:
+            record = states[sub.key]
+            if record is not None and record.finished:
+                continue
+            record = job(target, sub)
+            states[sub.key] = record
+            state = record.state if record else UPLOADED
+            if seen.get(sub.key) != state:
+                seen[sub.key] = state
+                if on_change:
+                    on_change(sub, state, record)
+        if all(r is not None and r.state in FINAL_STATES for r in states.values()) or time.time() > deadline:
+            return states
+        time.sleep(poll_s)
+
+
+def download(target: Target, record: JobRecord, out_dir: Path) -> list[Path]:
+    written = []
+    for key in record.result_keys:
+        if key.startswith("/") or ".." in Path(key).parts:
+            raise ValueError(f"refusing to write {key!r} outside {out_dir}")
+        dest = out_dir / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        target.s3.download_file(target.output_bucket, key, str(dest))
+        written.append(dest)
+    return written

@@ -1,0 +1,221 @@
+"""``whisper-sm``: submit audio, follow it, fetch transcripts; against AWS or the local pipeline.
+
+    whisper-sm local                                   # run the local pipeline (foreground)
+    whisper-sm submit clips/ talk.mp3 --env local --formats json,srt [--wait --out DIR]
+    whisper-sm wait  [KEY ...] --env local             # default: the last submit's files
+    whisper-sm get   [KEY ...] --env local --out transcripts/
+    whisper-sm status --env dev                        # backlog + instance count
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table
+
+from whisper_cli import core
+from whisper_contract import ContractError, RequestOptions
+
+console = Console(stderr=True)
+STYLE = {"uploaded": "dim", "pending": "yellow", "submitted": "cyan", "completed": "green", "failed": "red",
+         "superseded": "magenta"}
+
+
+def _options(args: argparse.Namespace) -> RequestOptions:
+    pairs = {}
+    for name in ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords"):
+        value = getattr(args, name, None)
+        if value is not None:
+            pairs[name] = str(value)
+    if args.word_timestamps:
+        pairs["word_timestamps"] = "true"
+    if args.no_vad:
+        pairs["vad"] = "false"
+    return RequestOptions.from_pairs(pairs)
+
+
+def _target(args: argparse.Namespace) -> core.Target:
+    return core.resolve(args.env, state_path=args.state, profile=args.profile)
+
+
+def _submissions(args: argparse.Namespace, target: core.Target) -> list[core.Submission]:
+    return core.for_keys(target, args.keys) if args.keys else core.load_manifest(args.env)
+
+
+# --- commands ---------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    options = _options(args)
+    target = _target(args)
+    pairs = core.collect([Path(p) for p in args.paths], prefix=args.prefix)
+    if not pairs:
+        console.print("[red]no audio files found[/red]")
+        return 1
+    total = sum(p.stat().st_size for p, _ in pairs)
+    with Progress(TextColumn("[bold]upload[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("upload", total=total)
+        subs = core.upload(target, pairs, options, progress=lambda n: bar.advance(task, n))
+    core.save_manifest(args.env, subs)
+    for sub in subs:
+        console.print(f"s3://{target.input_bucket}/{sub.key}  [dim]{sub.inference_id}[/dim]")
+    if args.wait:
+        return _wait_and_get(target, subs, args)
+    return 0
+
+
+def _wait_and_get(target: core.Target, subs: list[core.Submission], args: argparse.Namespace) -> int:
+    states = follow(target, subs, args.timeout)
+    failed = [k for k, r in states.items() if r is None or r.state != "completed"]
+    if getattr(args, "out", None):
+        for record in states.values():
+            if record is not None and record.finished:
+                for path in core.download(target, record, Path(args.out)):
+                    console.print(f"[dim]wrote[/dim] {path}")
+    return 1 if failed else 0
+
+
+def follow(target: core.Target, subs: list[core.Submission], timeout_s: float) -> dict:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks = {s.key: bar.add_task(s.key, total=3, state="[dim]uploaded[/dim]") for s in subs}
+        order = {"uploaded": 0, "pending": 1, "submitted": 2}
+
+        def changed(sub: core.Submission, state: str, record: object) -> None:
+            done = 3 if state not in order else order[state]
+            bar.update(tasks[sub.key], completed=done, state=f"[{STYLE.get(state, '')}]{state}[/]")
+
+        states = core.wait(target, subs, timeout_s=timeout_s, on_change=changed)
+    for key, record in states.items():
+        if record is not None and record.state != "completed":
+            console.print(f"[red]{key}: {record.state}[/red] {record.message or ''}")
+        elif record is None or not record.finished:
+            console.print(f"[yellow]{key}: not finished after {timeout_s:.0f} s[/yellow]")
+    return states
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    target = _target(args)
+    states = follow(target, _submissions(args, target), args.timeout)
+    return 0 if all(r is not None and r.state == "completed" for r in states.values()) else 1
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    target = _target(args)
+    missing = 0
+    for sub in _submissions(args, target):
+        record = core.job(target, sub)
+        if record is None or not record.finished:
+            console.print(f"[yellow]{sub.key}: not finished ({record.state if record else 'uploaded'})[/yellow]")
+            missing += 1
+            continue
+        for path in core.download(target, record, Path(args.out)):
+            console.print(f"[dim]wrote[/dim] {path}")
+    return 1 if missing else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _target(args).status()
+    if args.json:
+        print(json.dumps(status, default=str))
+        return 0
+    table = Table(title=f"endpoint {status.get('endpoint_name')} ({args.env})")
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in status.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from whisper_local.pipeline import LocalPipeline, PipelineConfig
+
+    config = PipelineConfig(model_dir=Path(args.model_dir) if args.model_dir else None, state_path=args.state,
+                            max_concurrency=args.concurrency)
+    with console.status("starting moto, the container and the stand-ins..."):
+        pipeline = LocalPipeline(config)
+        state = pipeline.__enter__()
+    try:
+        console.print(f"[green]local pipeline up[/green]: input s3://{state.input_bucket}, output "
+                      f"s3://{state.output_bucket}, AWS endpoint {state.aws_endpoint_url}. Ctrl-C stops it.")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        pipeline.stop()
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whisper-sm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--env", default="local", help="dev, prod (deployed stacks) or local (default)")
+        p.add_argument("--profile", help="AWS profile (AWS environments)")
+        p.add_argument("--state", type=Path, help="local pipeline state file (default: ~/.cache/...)")
+
+    p = sub.add_parser("submit", help="upload audio files or folders")
+    common(p)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--prefix", default="", help="key prefix in the input bucket")
+    p.add_argument("--language", help="Whisper language code, or auto")
+    p.add_argument("--task", choices=("transcribe", "translate"))
+    p.add_argument("--formats", help="comma list of json,txt,srt,vtt")
+    p.add_argument("--beam-size", dest="beam_size", type=int)
+    p.add_argument("--initial-prompt", dest="initial_prompt")
+    p.add_argument("--hotwords")
+    p.add_argument("--word-timestamps", action="store_true")
+    p.add_argument("--no-vad", action="store_true")
+    p.add_argument("--wait", action="store_true", help="then wait for every result")
+    p.add_argument("--out", help="with --wait: download results here")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("wait", help="follow files until each has a transcript or an error")
+    common(p)
+    p.add_argument("keys", nargs="*", help="input keys (default: the last submit)")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("get", help="download transcripts and error records")
+    common(p)
+    p.add_argument("keys", nargs="*", help="input keys (default: the last submit)")
+    p.add_argument("--out", default="transcripts")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("status", help="endpoint backlog and instance count")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("local", help="run the local pipeline in the foreground")
+    p.add_argument("--state", type=Path)
+    p.add_argument("--model-dir", help="CTranslate2 model folder (default: bundled tiny.en)")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ContractError, RuntimeError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""``make demo``: the whole pipeline on this machine, audio in, transcripts out.
+
+Starts the local pipeline (``whisper_local.pipeline``), uploads the shipped clips plus one
+deliberately broken file (or every audio file under ``--audio DIR``), follows each file
+until its transcript or error record exists, downloads everything to ``./demo-output/``
+(one set of files per input, ``<name>.error.json`` for failures), prints a summary, and
+stops everything it started, also on Ctrl-C or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from whisper_cli import core
+from whisper_cli.main import follow
+from whisper_contract import RequestOptions
+from whisper_contract.keys import is_audio_key
+from whisper_eval.clips import SHIPPED
+from whisper_local.pipeline import LocalPipeline, PipelineConfig
+
+console = Console()
+BROKEN_NAME = "broken-upload.wav"  # a .wav whose bytes are not audio: shows the error path
+
+
+def demo_inputs(audio_dir: Path | None, scratch: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """(file, key) pairs to upload, and files skipped because of their extension."""
+    if audio_dir is None:
+        pairs = [(p, p.name) for p in sorted(SHIPPED.iterdir()) if is_audio_key(p.name)]
+        broken = scratch / BROKEN_NAME
+        broken.parent.mkdir(parents=True, exist_ok=True)
+        broken.write_bytes(b"RIFF\x24\x00\x00\x00WAVEthis is not really audio, just text in a .wav file\n" * 8)
+        return pairs + [(broken, BROKEN_NAME)], []
+    if not audio_dir.is_dir():
+        raise FileNotFoundError(f"AUDIO={audio_dir} is not a folder")
+    files = sorted(p for p in audio_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    pairs = [(p, p.relative_to(audio_dir).as_posix()) for p in files if is_audio_key(p.name)]
+    skipped = [p for p in files if not is_audio_key(p.name)]
+    return pairs, skipped
+
+
+def summary(records: dict, out_dir: Path) -> Table:
+    table = Table(title=f"results in {out_dir}/")
+    for column in ("input", "result", "language", "audio s", "compute s", "text / error"):
+        table.add_column(column, overflow="fold")
+    for key, record in records.items():
+        if record is None or not record.finished:
+            table.add_row(key, "[yellow]unfinished[/yellow]", "", "", "", "")
+            continue
+        if record.state == "completed":
+            data = json.loads((out_dir / f"{key}.json").read_text())
+            text = data["text"].strip()
+            table.add_row(key, "[green]transcript[/green]", data["language"], f"{data['duration']:.1f}",
+                          f"{data['timings']['processing_seconds']:.1f}", text[:80] + ("..." if len(text) > 80 else ""))
+        else:
+            error = json.loads((out_dir / f"{key}.error.json").read_text())["error"]
+            table.add_row(key, f"[red]{record.state}[/red]", "", "", "", f"{error['code']}: {error['message']}")
+    return table
+
+
+def run(audio_dir: Path | None, out_dir: Path, config: PipelineConfig, timeout_s: float) -> int:
+    started = time.time()
+    pairs, skipped = demo_inputs(audio_dir, config.log_dir / "demo-inputs")
+    for path in skipped:
+        console.print(f"[dim]skip {path}: not an audio file extension[/dim]")
+    if not pairs:
+        console.print("[red]no audio files to transcribe[/red]")
+        return 1
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # demo-output/ is generated; a stale file would mislead
+    out_dir.mkdir(parents=True)
+
+    with LocalPipeline(config) as state:
+        console.print(f"[green]pipeline up[/green] in {time.time() - started:.1f} s "
+                      f"(moto {state.aws_endpoint_url}, container {state.container_url}, "
+                      f"SageMaker stand-in {state.sagemaker_url}); logs in {config.log_dir}/")
+        target = core.Target(core.LOCAL, state.input_bucket, state.output_bucket, state.endpoint_name,
+                             state.client("s3"), status_url=f"{state.sagemaker_url}/_local/status")
+        with console.status(f"uploading {len(pairs)} files..."):
+            subs = core.upload(target, pairs, RequestOptions())  # the deployment's DEFAULT_OPTIONS apply
+        records = follow(target, subs, timeout_s)
+        for record in records.values():
+            if record is not None and record.finished:
+                core.download(target, record, out_dir)
+        runtime_status = target.status()
+    console.print(summary(records, out_dir))
+    done = sum(1 for r in records.values() if r is not None and r.finished)
+    console.print(f"{done}/{len(records)} inputs finished ({runtime_status['completed']} transcribed, "
+                  f"{runtime_status['failed']} failed at the model) in {time.time() - started:.1f} s; "
+                  f"everything stopped.")
+    return 0 if done == len(records) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m whisper_local.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--audio", type=Path, help="folder of your own audio (default: the shipped clips)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"))
+    parser.add_argument("--model-dir", type=Path, help="CTranslate2 Whisper model (default: bundled tiny.en)")
+    parser.add_argument("--concurrency", type=int, default=2, help="MaxConcurrentInvocationsPerInstance")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all results")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = PipelineConfig(model_dir=args.model_dir, max_concurrency=args.concurrency)
+    try:
+        return run(args.audio, args.out, config, args.timeout)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; everything started was stopped[/yellow]")
+        return 130
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
