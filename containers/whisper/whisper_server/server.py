@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -209,7 +210,11 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: object) -> None:
         self.service.begin_drain()
-        super().handle_exit(sig, frame)
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        # uvicorn re-raises captured signals on exit; a drained SIGTERM is a clean stop (0).
+        captured = getattr(self, "_captured_signals", [])
+        if sig == signal.SIGTERM and sig in captured:
+            captured.remove(sig)
 
 
 def serve(settings: Settings, host: str, port: int) -> int:

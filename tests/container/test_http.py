@@ -1,0 +1,176 @@
+"""The real server on a real port with the bundled tiny.en model and the shipped clips."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from whisper_contract import ErrorRecord, Transcript
+from whisper_eval.wer import wer
+
+# tiny.en on these clips (measured 0.0-0.27 per clip, see docs/benchmarks.md); the bound
+# leaves room for CPU/int8 jitter but catches a broken decoder, resampler or format reader.
+CLIP_WER_BOUND = {"opus": 0.35, "8khz": 0.2, "sonnet": 0.2}
+DEFAULT_WER_BOUND = 0.1
+
+
+def _bound(name: str) -> float:
+    return next((b for k, b in CLIP_WER_BOUND.items() if k in name), DEFAULT_WER_BOUND)
+
+
+def test_ping_is_ready_and_fast(tiny_server):
+    response = tiny_server.ping()
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+    assert response.elapsed.total_seconds() < 2
+
+
+@pytest.mark.parametrize("name", [
+    "8khz.flac", "1221-135766-0002.opus", "2830-3980-0043.flac", "4507-16021-0012.flac",
+    "8455-210777-0068.flac", "sonnet-001_stereo.mp3", "LJ001-0001.flac", "LJ001-0004.m4a",
+])
+def test_every_shipped_format_transcribes(tiny_server, english_clips, name):
+    clip = next(c for c in english_clips if c.name.endswith(name))
+    response = tiny_server.post(clip.path.read_bytes())
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    t = Transcript.from_json(response.text)
+    assert wer(clip.reference, t.text) <= _bound(name), t.text
+    assert t.language == "en" and t.language_probability == 1.0
+    assert t.duration == pytest.approx(clip.duration, abs=0.1)
+    assert t.model.backend == "faster-whisper" and t.model.model == "tiny.en"
+    assert t.model.device == "cpu" and t.model.compute_type == "int8"
+    assert "faster-whisper" in t.model.version
+    assert t.timings.processing_seconds > 0
+    assert [s.id for s in t.segments] == list(range(len(t.segments)))
+    for seg in t.segments:
+        assert 0 <= seg.start <= seg.end <= t.duration + 0.05
+        assert seg.words is None
+    assert "words" not in response.json()["segments"][0]
+
+
+def test_word_timestamps_join_to_the_text(tiny_server, english_clips):
+    clip = next(c for c in english_clips if "LJ001-0001" in c.name)
+    response = tiny_server.post(clip.path.read_bytes(), params={"word_timestamps": "true"})
+    t = Transcript.from_json(response.text)
+    assert t.options["word_timestamps"] is True
+    last = 0.0
+    for seg in t.segments:
+        assert seg.words, seg
+        assert "".join(w.word for w in seg.words) == seg.text
+        for w in seg.words:
+            assert last - 0.01 <= w.start <= w.end <= t.duration + 0.05
+            assert 0 <= w.probability <= 1
+            last = w.start
+
+
+SRT_TIME = r"\d\d:\d\d:\d\d,\d\d\d --> \d\d:\d\d:\d\d,\d\d\d"
+VTT_TIME = r"\d\d:\d\d:\d\d\.\d\d\d --> \d\d:\d\d:\d\d\.\d\d\d"
+
+
+def _check_srt(body: str, min_cues: int) -> None:
+    blocks = body.strip().split("\n\n")
+    assert len(blocks) >= min_cues
+    for i, block in enumerate(blocks, start=1):
+        lines = block.split("\n")
+        assert lines[0] == str(i)
+        assert re.fullmatch(SRT_TIME, lines[1])
+        assert lines[2].strip()
+
+
+def _check_vtt(body: str, min_cues: int) -> None:
+    assert body.startswith("WEBVTT\n\n")
+    cues = body.strip().split("\n\n")[1:]
+    assert len(cues) >= min_cues
+    for cue in cues:
+        assert re.fullmatch(VTT_TIME, cue.split("\n")[0])
+        assert cue.split("\n")[1].strip()
+
+
+def _subtitle_text(body: str) -> str:
+    return re.sub(r"^(\d+|\S+ --> \S+|WEBVTT)$", "", body, flags=re.M)
+
+
+def test_srt_by_accept_header_on_a_long_clip(tiny_server, english_clips):
+    clip = next(c for c in english_clips if "sonnet" in c.name)
+    r = tiny_server.post(clip.path.read_bytes(), headers={"Accept": "application/x-subrip"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/x-subrip")
+    _check_srt(r.text, min_cues=4)  # 53 s of verse splits into sentence-sized cues
+    assert wer(clip.reference, _subtitle_text(r.text)) <= 0.2
+
+
+@pytest.mark.parametrize("how", ["accept", "query", "header"])
+def test_vtt_and_srt_by_every_route(tiny_server, english_clips, how):
+    clip = next(c for c in english_clips if "LJ001-0001" in c.name)
+    for fmt, mime in (("srt", "application/x-subrip"), ("vtt", "text/vtt")):
+        if how == "accept":
+            r = tiny_server.post(clip.path.read_bytes(), headers={"Accept": mime})
+        elif how == "query":
+            r = tiny_server.post(clip.path.read_bytes(), params={"formats": fmt})
+        else:
+            r = tiny_server.post(clip.path.read_bytes(), headers={"X-Amzn-SageMaker-Custom-Attributes": f"formats={fmt}"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith(mime)
+        (_check_srt if fmt == "srt" else _check_vtt)(r.text, min_cues=1)
+        assert wer(clip.reference, _subtitle_text(r.text)) <= 0.1
+
+
+def test_plain_text_and_format_choice(tiny_server, english_clips):
+    clip = next(c for c in english_clips if "4507" in c.name)
+    txt = tiny_server.post(clip.path.read_bytes(), headers={"Accept": "text/plain"})
+    assert txt.headers["content-type"].startswith("text/plain")
+    assert wer(clip.reference, txt.text) == 0.0
+    # several formats and no Accept: JSON (the completion Lambda renders the rest)
+    both = tiny_server.post(clip.path.read_bytes(), params={"formats": "srt,vtt"})
+    assert both.headers["content-type"].startswith("application/json")
+    assert json.loads(both.text)["options"]["formats"] == ["srt", "vtt"]
+    # an Accept naming none of ours falls back to the options
+    other = tiny_server.post(clip.path.read_bytes(), params={"formats": "txt"}, headers={"Accept": "image/png"})
+    assert other.headers["content-type"].startswith("text/plain")
+
+
+def test_options_reach_the_decoder(tiny_server, english_clips):
+    clip = next(c for c in english_clips if "8455" in c.name)
+    r = tiny_server.post(clip.path.read_bytes(), headers={
+        "X-Amzn-SageMaker-Custom-Attributes": "beam_size=1&vad=false&initial_prompt=A%20reading%20from%20a%20novel."})
+    t = Transcript.from_json(r.text)
+    assert t.options["beam_size"] == 1 and t.options["vad"] is False
+    assert t.options["initial_prompt"] == "A reading from a novel."
+    assert wer(clip.reference, t.text) <= 0.2
+
+
+@pytest.mark.parametrize("query,headers,needle", [
+    ("language=ja", None, "English-only"),
+    ("task=translate", None, "English-only"),
+    ("langauge=en", None, "unknown option"),
+    ("beam_size=99", None, "beam_size"),
+    ("formats=docx", None, "docx"),
+    ("word_timestamps=maybe", None, "true or false"),
+    ("language=en", {"X-Amzn-SageMaker-Custom-Attributes": "language=fr"}, "given twice"),
+])
+def test_bad_options_are_400(tiny_server, english_clips, query, headers, needle):
+    clip = next(c for c in english_clips if "2830" in c.name)
+    r = httpx.post(f"{tiny_server.url}/invocations?{query}", content=clip.path.read_bytes(), headers=headers)
+    assert r.status_code == 400
+    err = ErrorRecord.from_json(r.text)
+    assert err.code == "bad_option" and err.status == 400
+    assert needle in err.message
+
+
+def test_concurrent_requests_all_answered_and_ping_stays_fast(tiny_server, english_clips):
+    short = [c for c in english_clips if c.duration < 6]
+    bodies = [short[i % len(short)] for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(tiny_server.post, c.path.read_bytes()) for c in bodies]
+        pings = [tiny_server.ping() for _ in range(3)]
+        results = [f.result() for f in futures]
+    assert all(p.status_code == 200 and p.elapsed.total_seconds() < 2 for p in pings)
+    for clip, r in zip(bodies, results):
+        assert r.status_code == 200, r.text
+        assert wer(clip.reference, r.json()["text"]) <= _bound(clip.name)
+    assert tiny_server.ping().status_code == 200
