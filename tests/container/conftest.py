@@ -164,3 +164,9 @@ def long_file(english_clips: list[Clip]) -> LongFile:
     chosen = [c for c in english_clips if "sonnet" not in c.name]
     gaps = [1.5, 4.0, 2.0, 3.0, 1.5, 2.5, 3.5, 2.0][: len(chosen)]
     return build_long(chosen + chosen[:1], gaps + [2.0])
+
+
+@pytest.fixture(scope="session")
+def launch() -> Callable[..., Server]:
+    """``launch(model_dir, tmp, wait=True, **env)`` -> a started Server (the caller stops it)."""
+    return start_server
