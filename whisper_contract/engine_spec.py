@@ -8,6 +8,7 @@ sides cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -61,3 +62,43 @@ class EngineBuildSpec:
         if missing:
             raise ValueError("missing build settings: " + ", ".join(_PREFIX + m.upper() for m in missing))
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """What a finished engine build contains, written last next to the engines.
+
+    The build writes it after every other file is uploaded, so an artifact version without a
+    manifest is an incomplete one. The Triton backend reads it to know the limits the engines
+    were built with (batch, beam, lengths) and where the Triton configs expect the files.
+    """
+
+    spec: EngineBuildSpec
+    version: str  # the artifact version: <artifact_prefix>/<version>/
+    tensorrt_llm_version: str
+    gpu_name: str  # e.g. "NVIDIA A10G", from the build GPU
+    gpu_arch: str  # measured on the build GPU, e.g. "sm86"; the serving GPU must match
+    git_revision: str
+    built_at: str  # ISO-8601 UTC
+    model_root: str  # absolute path the Triton configs point at (SageMaker: /opt/ml/model)
+    checksums: Mapping[str, str]  # path relative to the artifact root -> sha256 hex
+    verification: Mapping[str, object]  # clip, reference, hypothesis, wer, passed
+    schema_version: str = MANIFEST_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["checksums"] = dict(sorted(self.checksums.items()))
+        data["verification"] = dict(self.verification)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "EngineManifest":
+        data = json.loads(text)
+        if str(data.get("schema_version")) != MANIFEST_SCHEMA_VERSION:
+            raise ValueError(f"engine manifest schema {data.get('schema_version')!r} is not supported")
+        data["spec"] = EngineBuildSpec(**data["spec"])
+        return cls(**data)
