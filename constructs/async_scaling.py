@@ -1,0 +1,111 @@
+"""Scale-from-zero for a SageMaker asynchronous endpoint, with step policies only.
+
+Target tracking cannot leave zero instances: at zero there is no per-instance metric to track.
+So, as AWS's async samples do:
+
+* ``HasBacklogWithoutCapacity >= 1`` (requests waiting, no instance) -> +1 instance;
+* ``ApproximateBacklogSizePerInstance >= target`` -> +1, and +2 at twice the target;
+* ``ApproximateBacklogSizePerInstance < 1`` for ``idle_minutes`` -> -1 (down to min, maybe 0).
+
+Every alarm uses the single dimension ``EndpointName``: async metrics are published per
+endpoint, and an alarm with an extra ``VariantName`` dimension would never see data.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from constructs import Construct
+
+NAMESPACE = "AWS/SageMaker"
+VARIANT = "AllTraffic"
+PERIOD = Duration.minutes(1)
+
+
+def endpoint_metric(endpoint_name: str, metric_name: str, statistic: str = "Average",
+                    period: Duration = PERIOD) -> cw.Metric:
+    return cw.Metric(namespace=NAMESPACE, metric_name=metric_name,
+                     dimensions_map={"EndpointName": endpoint_name}, statistic=statistic, period=period)
+
+
+class AsyncEndpointScaling(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        endpoint_name: str,
+        min_instances: int,
+        max_instances: int,
+        backlog_per_instance_target: float,
+        scale_out_cooldown: Duration,
+        scale_in_cooldown: Duration,
+        idle_minutes: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        # No role: Application Auto Scaling uses its SageMaker service-linked role.
+        self.target = appscaling.ScalableTarget(
+            self, "Target",
+            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            resource_id=f"endpoint/{endpoint_name}/variant/{VARIANT}",
+            min_capacity=min_instances,
+            max_capacity=max_instances,
+        )
+
+        # 0 -> 1: the only signal that exists while no instance is running.
+        self.scale_out_from_zero_alarm, self.scale_out_from_zero = self._step(
+            "ScaleOutFromZero",
+            metric=endpoint_metric(endpoint_name, "HasBacklogWithoutCapacity"),
+            threshold=1, periods=1, greater=True, cooldown=scale_out_cooldown,
+            steps=[(0, None, 1)],
+            description="Requests are waiting and the endpoint has no instance: start one",
+        )
+        # 1 -> N: queued requests per running instance above the target.
+        self.scale_out_alarm, self.scale_out = self._step(
+            "ScaleOutOnBacklog",
+            metric=endpoint_metric(endpoint_name, "ApproximateBacklogSizePerInstance"),
+            threshold=backlog_per_instance_target, periods=2, greater=True, cooldown=scale_out_cooldown,
+            steps=[(0, backlog_per_instance_target, 1), (backlog_per_instance_target, None, 2)],
+            description=f"More than {backlog_per_instance_target:g} queued requests per instance: add capacity",
+        )
+        # N -> 0: nothing queued or running for idle_minutes.
+        self.scale_in_alarm, self.scale_in = self._step(
+            "ScaleInWhenIdle",
+            metric=endpoint_metric(endpoint_name, "ApproximateBacklogSizePerInstance"),
+            threshold=1, periods=idle_minutes, greater=False, cooldown=scale_in_cooldown,
+            steps=[(None, 0, -1)],
+            description=f"Backlog empty for {idle_minutes} minutes: remove an instance",
+        )
+
+    def _step(
+        self, name: str, *, metric: cw.Metric, threshold: float, periods: int, greater: bool,
+        cooldown: Duration, steps: list[tuple[float | None, float | None, int]], description: str,
+    ) -> tuple[cw.Alarm, appscaling.StepScalingAction]:
+        action = appscaling.StepScalingAction(
+            self, f"{name}Policy",
+            scaling_target=self.target,
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            metric_aggregation_type=appscaling.MetricAggregationType.AVERAGE,
+            cooldown=cooldown,
+        )
+        # Step bounds are offsets from the alarm threshold.
+        for lower, upper, change in steps:
+            action.add_adjustment(adjustment=change, lower_bound=lower, upper_bound=upper)
+        alarm = cw.Alarm(
+            self, f"{name}Alarm",
+            alarm_description=description,
+            metric=metric,
+            threshold=threshold,
+            evaluation_periods=periods,
+            datapoints_to_alarm=periods,
+            comparison_operator=(cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD if greater
+                                 else cw.ComparisonOperator.LESS_THAN_THRESHOLD),
+            # Scale out: no data means no traffic. Scale in: no data (e.g. at zero instances)
+            # is no evidence of idleness, so the alarm goes to INSUFFICIENT_DATA and does nothing.
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING if greater else cw.TreatMissingData.MISSING,
+        )
+        alarm.add_alarm_action(cw_actions.ApplicationScalingAction(action))
+        return alarm, action

@@ -1,0 +1,99 @@
+"""Image: the serving container, built from the repository and copied to a named ECR repository.
+
+``DockerImageAsset`` builds ``containers/whisper/Dockerfile`` with the repository root as the
+context (the image needs ``whisper_contract`` beside the server) and publishes it to the CDK
+bootstrap repository; ``cdk-ecr-deployment`` then copies it to our own repository with an
+immutable, content-addressed tag. docs/infrastructure.md holds the evidence for choosing
+cdk-ecr-deployment over cdk-docker-image-deployment.
+
+Provenance: SageMaker rejects OCI image indexes, which BuildKit produces when it attaches
+its default provenance attestation. aws-cdk-lib 2.275 has no DockerImageAsset property for
+``--provenance`` (the CLI's ``docker build`` command line has no such flag either), so
+``make deploy`` sets ``BUILDX_NO_DEFAULT_ATTESTATIONS=1`` (Docker's documented switch) and the
+asset pins one platform; the copy step also selects the single amd64 manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cdk_ecr_deployment as ecr_deploy
+from aws_cdk import ArnFormat, CfnOutput, IgnoreMode, RemovalPolicy, Stack
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecr_assets as assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from stacks.config import EnvConfig
+from whisper_constructs.common import acknowledge
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = "containers/whisper/Dockerfile"
+# The build context is the repository root; only these paths may reach the image (and the
+# asset hash), so a change to tests or docs does not rebuild a multi-gigabyte image.
+CONTEXT_ALLOW = ("containers/whisper", "whisper_contract")
+ASSET_EXCLUDE = ["*", *(f"!{p}" for p in CONTEXT_ALLOW), "**/__pycache__", "**/*.pyc"]
+PLATFORM = assets.Platform.LINUX_AMD64
+
+
+class ImageStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, key: kms.IKey,
+                 removal_policy: RemovalPolicy, context_dir: Path = REPO_ROOT, dockerfile: str = DOCKERFILE,
+                 **kwargs: object) -> None:
+        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        if not (context_dir / dockerfile).is_file():
+            raise FileNotFoundError(f"{context_dir / dockerfile} is missing: the byoc packaging builds the image "
+                                    "from it")
+
+        self.asset = assets.DockerImageAsset(
+            self, "ServingImage",
+            directory=str(context_dir),
+            file=dockerfile,
+            platform=PLATFORM,
+            exclude=ASSET_EXCLUDE,
+            ignore_mode=IgnoreMode.DOCKER,  # .dockerignore semantics: '*' then '!dir' is an allow-list
+            display_name=f"whisper-serving-{cfg.name}",
+        )
+        self.repository = ecr.Repository(
+            self, "Repository",
+            repository_name=f"whisper-sagemaker/{cfg.name}",
+            image_tag_mutability=ecr.TagMutability.IMMUTABLE,
+            image_scan_on_push=True,
+            encryption=ecr.RepositoryEncryption.KMS,
+            encryption_key=key,
+            removal_policy=removal_policy,
+            empty_on_delete=False,
+            lifecycle_rules=[ecr.LifecycleRule(description="keep the 20 newest images", max_image_count=20)],
+        )
+        # Content-addressed tag: a new image gets a new tag, an unchanged one is not copied again.
+        self.image_tag = self.asset.asset_hash[:32]
+        self.image_uri = self.repository.repository_uri_for_tag(self.image_tag)
+
+        copy_role = iam.Role(self, "CopyRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                             description="Copies the serving image from the CDK asset repository to ours")
+        self.asset.repository.grant_pull(copy_role)
+        self.repository.grant_pull_push(copy_role)
+        copy_role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[self.format_arn(service="logs", resource="log-group",
+                                       resource_name="/aws/lambda/*",
+                                       arn_format=ArnFormat.COLON_RESOURCE_NAME)],
+        ))
+        self.copy = ecr_deploy.ECRDeployment(
+            self, "CopyImage",
+            src=ecr_deploy.DockerImageName(self.asset.image_uri),
+            dest=ecr_deploy.DockerImageName(self.image_uri),
+            role=copy_role,
+            image_arch=["amd64"],
+            copy_image_index=False,  # a single-platform manifest: what SageMaker accepts
+        )
+        acknowledge(copy_role, "AwsSolutions-IAM5[Resource::*]", "ecr:GetAuthorizationToken has no resource-level permissions; every other ECR action is scoped "
+                   "to the CDK asset repository and ours",
+        )
+        acknowledge(copy_role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/lambda/*]", "cdk-ecr-deployment creates its singleton Lambda's log group on first run under a name we cannot "
+                   "know at synth; scoped to Lambda log groups of this account and region",
+        )
+        CfnOutput(self, "ImageUri", value=self.image_uri)
+        CfnOutput(self, "RepositoryName", value=self.repository.repository_name)
+
