@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The handlers log every skip and submission at INFO, as in CloudWatch; -v shows them here.
+    logging.getLogger("whisper").setLevel(logging.INFO if args.verbose else logging.WARNING)
     config = PipelineConfig(model_dir=args.model_dir, max_concurrency=args.concurrency)
     try:
         return run(args.audio, args.out, config, args.timeout)

@@ -28,8 +28,9 @@ from whisper_contract.formats import render
 from whisper_contract.jobs import COMPLETED, FAILED, SUBMITTED, SUPERSEDED, JobRecord, utc_now
 from whisper_contract.keys import error_key, job_key, output_keys, parse_s3_uri, plain_etag
 
-log = logging.getLogger()
-log.setLevel(logging.INFO)
+log = logging.getLogger("whisper.complete")
+if logging.getLogger("whisper").level == logging.NOTSET:  # Lambda: INFO; a host process may choose
+    logging.getLogger("whisper").setLevel(logging.INFO)
 
 MAX_FAILURE_BODY = 16_384  # bytes of a non-JSON failure body kept in the error record
 STATUS_COMPLETED = "Completed"

@@ -26,8 +26,9 @@ from whisper_contract.keys import (
     error_key, inference_id, is_audio_key, is_internal_key, job_key, plain_etag, s3_uri,
 )
 
-log = logging.getLogger()
-log.setLevel(logging.INFO)
+log = logging.getLogger("whisper.submit")
+if logging.getLogger("whisper").level == logging.NOTSET:  # Lambda: INFO; a host process may choose
+    logging.getLogger("whisper").setLevel(logging.INFO)
 
 # Metadata that common upload tools add on their own (rclone, s3cmd); anything else in user
 # metadata is an option, and an unknown option is an error rather than silently ignored.

@@ -1,0 +1,14 @@
+# The local pipeline: moto (S3/SNS/SQS) + the real container on CPU + the real Lambda handlers.
+AUDIO ?=
+DEMO_OUT ?= demo-output
+
+.PHONY: demo local-pipeline test-pipeline
+
+demo: install ## run the whole pipeline locally on the shipped clips (or AUDIO=<dir>); results in ./demo-output/
+	$(PY) -m whisper_local.demo --out $(DEMO_OUT) $(if $(AUDIO),--audio "$(AUDIO)",)
+
+local-pipeline: install ## keep the local pipeline up in the foreground for `whisper-sm --env local` (Ctrl-C stops it)
+	$(abspath $(VENV))/bin/whisper-sm local
+
+test-pipeline: install ## tests of the Lambdas, the local pipeline and the CLI
+	$(PY) -m pytest tests/lambdas tests/pipeline
