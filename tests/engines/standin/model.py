@@ -7,6 +7,7 @@ sent, and how many requests Triton batched into one execute call), and answers:
 - first sample 5.0 at temperature 0: a repetitive text (forces the temperature fallback);
 - first sample 7.0: sleeps 3 s (client timeouts);
 - first sample 9.0: kills tritonserver (server death mid-request);
+- $WHISPER_STANDIN_TEXT set: that text as one segment (language: $WHISPER_STANDIN_LANGUAGE);
 - otherwise two timestamped segments describing the request.
 """
 
@@ -51,8 +52,11 @@ class TritonPythonModel:
         if first == 7.0:
             await asyncio.sleep(3)
         duration = n / 16000
+        scripted = os.environ.get("WHISPER_STANDIN_TEXT")
         if prefix == "<|startoftranscript|>" and max_new == 1:
-            text, logprob, count = "<|de|>", math.log(0.9), 1
+            text, logprob, count = f"<|{os.environ.get('WHISPER_STANDIN_LANGUAGE', 'de')}|>", math.log(0.9), 1
+        elif scripted:
+            text, logprob, count = f"<|0.00|> {scripted}<|{duration:.2f}|>", -0.2, 12
         elif first == 5.0 and temperature == 0.0:
             text, logprob, count = "<|0.00|>" + " la" * 200 + f"<|{duration:.2f}|>", -0.1, 200
         else:

@@ -155,6 +155,34 @@ def relocate_repository(repo: Path, recorded_root: str, actual_root: Path, scrat
     return target
 
 
+def compatibility_problems(manifest: EngineManifest) -> list[str]:
+    """Why these engines cannot run here (GPU architecture, TensorRT-LLM version); [] if they can.
+
+    Engines load only on the GPU architecture and TensorRT-LLM version that built them, and a
+    mismatch otherwise surfaces as an obscure deserialisation error deep in Triton's log.
+    Checks that cannot run (no nvidia-smi, no tensorrt_llm package) are skipped.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    problems = []
+    try:
+        installed = version("tensorrt_llm")
+    except PackageNotFoundError:
+        installed = None
+    if installed and installed != manifest.tensorrt_llm_version:
+        problems.append(f"engines were built with TensorRT-LLM {manifest.tensorrt_llm_version}, "
+                        f"this image has {installed}")
+    try:
+        caps = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                              check=True, capture_output=True, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        caps = []
+    if caps and "sm" + caps[0].replace(".", "") != manifest.gpu_arch:
+        problems.append(f"engines were built for {manifest.gpu_arch} ({manifest.gpu_name}), "
+                        f"this GPU is sm{caps[0].replace('.', '')}")
+    return problems
+
+
 class TritonBackend:
     multilingual = True
 
@@ -171,6 +199,10 @@ class TritonBackend:
                 f"{manifest_path} not found: the triton backend serves an engine build artifact "
                 "(python -m whisper_engines build); point the model at a finished artifact version")
         self.manifest = EngineManifest.from_json(manifest_path.read_text())
+        problems = compatibility_problems(self.manifest)
+        if problems:
+            raise RuntimeError(f"cannot serve {model_dir}: " + "; ".join(problems)
+                               + " (rebuild the engines for this endpoint: python -m whisper_engines start-build)")
         spec = self.manifest.spec
         self.info = ModelInfo(
             model=launch.label or f"{spec.model_name}@{self.manifest.version}",

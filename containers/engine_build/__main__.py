@@ -1,0 +1,3 @@
+from whisper_engines.cli import main
+
+raise SystemExit(main())
