@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# LibriSpeech test-clean 1221-135766-0002, the clip TensorRT-LLM's whisper example uses too.
-DEFAULT_CLIP = "en_librispeech_test-clean_1221-135766-0002.flac"
+# LibriSpeech test-clean 1221-135766-0002 (Ogg/Opus copy shipped in tests/data/audio), the clip TensorRT-LLM's whisper example uses too.
+DEFAULT_CLIP = "en_librispeech_test-clean_1221-135766-0002.opus"
 MAX_WER = 0.10  # large-v3 gets this clip right; a broken engine produces garbage, not 10% errors
 
 
