@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
     config = PipelineConfig(model_dir=Path(args.model_dir) if args.model_dir else None, state_path=args.state,
                             max_concurrency=args.concurrency)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind and stop the children
     with console.status("starting moto, the container and the stand-ins..."):
         pipeline = LocalPipeline(config)
         state = pipeline.__enter__()

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     # The handlers log every skip and submission at INFO, as in CloudWatch; -v shows them here.
     logging.getLogger("whisper").setLevel(logging.INFO if args.verbose else logging.WARNING)
     config = PipelineConfig(model_dir=args.model_dir, max_concurrency=args.concurrency)
+    # SIGTERM (e.g. from `timeout` or CI) unwinds like Ctrl-C, so the children are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return run(args.audio, args.out, config, args.timeout)
     except KeyboardInterrupt:

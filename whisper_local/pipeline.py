@@ -280,6 +280,8 @@ class LocalPipeline:
     def stop(self) -> None:
         """Idempotent; stops whatever got started, in reverse order."""
         for poller in self.pollers:
+            poller.stopping.set()  # all at once: each may be inside a long poll
+        for poller in self.pollers:
             poller.stop()
         self.pollers = []
         if self.runtime is not None:

@@ -20,7 +20,8 @@ def transcribe(body: bytes, attributes: str | None) -> Transcript:
     options = RequestOptions.from_query(attributes)
     if not body:
         raise ContractError(ErrorCode.EMPTY_INPUT, "empty body")
-    if not body.startswith(MAGIC) and body[4:8] != b"ftyp":
+    wav_ok = not body.startswith(b"RIFF") or body[8:16] == b"WAVEfmt "
+    if not wav_ok or (not body.startswith(MAGIC) and body[4:8] != b"ftyp"):
         raise ContractError(ErrorCode.CORRUPT_AUDIO, "could not decode the audio")
     text = f"fake transcript of {len(body)} bytes"
     segments = (Segment(id=0, start=0.0, end=1.5, text=" " + text, avg_logprob=-0.1, no_speech_prob=0.01),

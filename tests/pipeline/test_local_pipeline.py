@@ -1,0 +1,66 @@
+"""The runner: wiring, clean shutdown (also when a child fails), and the demo on the plumbing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import whisper_local.pipeline as pipeline_module
+from whisper_local import demo
+from whisper_local.pipeline import LocalPipeline, LocalState, PipelineConfig
+
+FAKE = str(Path(__file__).with_name("fake_container.py"))
+
+
+def config(tmp_path: Path, cmd: list[str]) -> PipelineConfig:
+    return PipelineConfig(container_cmd=cmd, log_dir=tmp_path / "logs", state_path=tmp_path / "state.json",
+                          startup_timeout_s=30)
+
+
+@pytest.fixture
+def children(monkeypatch):
+    started = []
+    real = pipeline_module._Child
+
+    def spy(*args, **kwargs):
+        child = real(*args, **kwargs)
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(pipeline_module, "_Child", spy)
+    return started
+
+
+def test_a_container_that_dies_at_start_stops_everything(tmp_path, children):
+    cfg = config(tmp_path, [sys.executable, "-c", "import sys; print('model missing'); sys.exit(3)"])
+    before = dict(os.environ)
+    with pytest.raises(RuntimeError, match="exited with 3") as err:
+        with LocalPipeline(cfg):
+            pass
+    assert "model missing" in str(err.value)  # the child's log tail is in the message
+    assert len(children) == 2 and all(c.proc.poll() is not None for c in children)
+    assert dict(os.environ) == before
+    assert not cfg.state_path.exists()
+    with pytest.raises(RuntimeError, match="no local pipeline is running"):
+        LocalState.read(cfg.state_path)  # what `whisper-sm --env local` says now
+
+
+def test_demo_on_the_fake_container_leaves_one_set_per_input_and_stops(tmp_path, children, monkeypatch):
+    cfg = config(tmp_path, [sys.executable, FAKE, "--port", "{port}"])
+    out = tmp_path / "demo-output"
+    out.mkdir()
+    (out / "stale.json").write_text("{}")  # from an earlier run: must not survive
+
+    assert demo.run(None, out, cfg, timeout_s=60) == 0
+
+    clips = sorted(p.name for p in demo.SHIPPED.iterdir() if demo.is_audio_key(p.name))
+    expected = sorted([f"{c}.{fmt}" for c in clips for fmt in ("json", "srt", "txt", "vtt")]
+                      + [f"{demo.BROKEN_NAME}.error.json"])
+    assert sorted(p.name for p in out.iterdir()) == expected
+    assert json.loads((out / f"{demo.BROKEN_NAME}.error.json").read_text())["error"]["code"] == "corrupt_audio"
+    assert all(c.proc.poll() is not None for c in children)
+    assert not cfg.state_path.exists()
