@@ -28,3 +28,17 @@ def test_right_text_passes_wrong_text_fails(standin_artifact: Path, triton_dist:
     assert bad["passed"] is False and bad["wer"] > 0.3
     wrong_language = _verify(standin_artifact, triton_dist, REFERENCE.lower(), "de")
     assert wrong_language["passed"] is False and wrong_language["wer"] == 0.0
+
+
+def test_decode_matches_faster_whisper() -> None:
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    from whisper_engines.verify import decode_16k_mono
+    from whisper_eval.clips import clip
+
+    path = clip(DEFAULT_CLIP).path
+    ours, theirs = decode_16k_mono(path), decode_audio(str(path), sampling_rate=16000)
+    assert abs(len(ours) - len(theirs)) <= 160 and abs(len(ours) / 16000 - 4.832) < 0.05
+    n = min(len(ours), len(theirs))
+    assert np.corrcoef(ours[:n], theirs[:n])[0, 1] > 0.99
