@@ -1,9 +1,9 @@
 """Long-form transcription: stream, segment at silences, decode in batches, place globally.
 
 Audio arrives as 30 s blocks and collects in a window of at most ``WINDOW_SECONDS``. Silero
-VAD (faster-whisper's copy) marks the speech in the window; speech regions merge into
-chunks of at most 30 s that start and end at silences, so no word is split between two
-chunks and none is decoded twice. The last region of a window may run on into the next
+VAD (faster-whisper's copy) marks the speech in the window; speech regions are laid end to
+end into chunks of at most 30 s of speech (silences left out, times mapped back), so no word
+is split between two chunks and none is decoded twice. The last region of a window may run on into the next
 one, so it is carried over rather than cut. Chunks are decoded ``batch_size`` at a time;
 the language is detected once, on the first chunk of speech. Memory stays bounded by the
 window and the batch, whatever the file's length.
@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript
+from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
 from whisper_server import audio
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
 from whisper_server.settings import Settings
@@ -32,11 +32,13 @@ WINDOW_SECONDS = 240
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
 # A speech region followed by this much silence at the window's end is complete.
 SETTLED_SILENCE_SAMPLES = SAMPLE_RATE
-# Regions further apart than this start a new chunk: long silences inside a chunk only
-# invite hallucinations.
-MAX_GAP_SAMPLES = 3 * SAMPLE_RATE
 # faster-whisper's batched pipeline settings: short pauses split, regions stay <= 30 s.
 VAD_OPTIONS = VadOptions(max_speech_duration_s=CHUNK_SAMPLES / SAMPLE_RATE, min_silence_duration_ms=160)
+# A segment is split where at least this much silence was cut out of its chunk.
+SPLIT_GAP_S = 1.0
+FIXED_PIECE_SAMPLES = 5 * SAMPLE_RATE
+# Stretches of speech at least this long with no decoded word get a second decode.
+MIN_MISSED_S = 1.0
 # Whisper's rule for a segment that is silence dressed up as text.
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
@@ -44,12 +46,122 @@ LOW_LOGPROB = -1.0
 
 @dataclass(frozen=True)
 class Chunk:
-    offset: int  # first sample, file-global
+    """Up to 30 s of speech: one or more VAD regions laid end to end, silences between them
+    left out (as faster-whisper's batched pipeline does): Whisper given two sentences with
+    seconds of silence between them tends to transcribe only the first."""
+
     audio: np.ndarray
+    pieces: tuple[tuple[int, int, int], ...]  # (sample in chunk, file-global sample, length)
 
     @property
     def start_s(self) -> float:
-        return self.offset / SAMPLE_RATE
+        return self.pieces[0][1] / SAMPLE_RATE
+
+    @property
+    def end_s(self) -> float:
+        _, start, length = self.pieces[-1]
+        return (start + length) / SAMPLE_RATE
+
+    def to_global(self, t: float, is_end: bool = False) -> float:
+        """Chunk-relative seconds -> file seconds. A time on the seam between two pieces
+        belongs to the earlier piece when it ends something and to the later when it starts."""
+        sample = t * SAMPLE_RATE
+        chosen = self.pieces[-1]
+        for piece in self.pieces:
+            at, _, length = piece
+            if sample < at + length or (is_end and sample <= at + length):
+                chosen = piece
+                break
+        at, start, length = chosen
+        return round((start + min(max(sample - at, 0), length)) / SAMPLE_RATE, 3)
+
+    def _piece_of(self, t: float) -> int:
+        sample = t * SAMPLE_RATE
+        for i, (at, _, length) in enumerate(self.pieces):
+            if sample < at + length:
+                return i
+        return len(self.pieces) - 1
+
+    def _clamped(self, t: float, piece: int) -> float:
+        at, start, length = self.pieces[piece]
+        return round((start + min(max(t * SAMPLE_RATE - at, 0), length)) / SAMPLE_RATE, 3)
+
+    def place(self, seg: Segment) -> list[Segment]:
+        """File-global copies of a chunk-relative segment. With words, a segment that spans
+        two pieces is split where the silence was cut out, and every time stays inside its
+        own piece (alignment can put a word's end a little past the seam)."""
+        words = seg.words or ()
+        if not words or "".join(w.word for w in words) != seg.text:
+            return [replace(seg, start=self.to_global(seg.start), end=self.to_global(seg.end, is_end=True),
+                            words=None if seg.words is None else ())]
+        groups: list[list[Word]] = []
+        last_piece = -1
+        for w in words:
+            piece = self._piece_of((w.start + w.end) / 2)
+            if not groups or (piece != last_piece and self._gap_before(piece) >= SPLIT_GAP_S):
+                groups.append([])
+            last_piece = piece
+            groups[-1].append(replace(w, start=self._clamped(w.start, piece), end=self._clamped(w.end, piece)))
+        return [replace(seg, start=group[0].start, end=group[-1].end, text="".join(w.word for w in group),
+                        words=tuple(group)) for group in groups]
+
+    def _gap_before(self, piece: int) -> float:
+        """Seconds of silence cut out just before ``piece``."""
+        if piece == 0:
+            return 0.0
+        _, prev_start, prev_length = self.pieces[piece - 1]
+        return (self.pieces[piece][1] - prev_start - prev_length) / SAMPLE_RATE
+
+
+    def uncovered(self, segments: list[Segment]) -> list["Chunk"]:
+        """Runs of pieces (of at least ``MIN_MISSED_S`` of audio) that no decoded word falls
+        in, as new chunks. Needs word times; without them nothing is reported."""
+        if not segments or any(seg.words is None for seg in segments):
+            return []
+        hit = {self._piece_of((w.start + w.end) / 2) for seg in segments for w in seg.words or ()}
+        runs: list[list[int]] = []
+        for i in range(len(self.pieces)):
+            if i in hit:
+                continue
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        missed = []
+        for run in runs:
+            pieces = [self.pieces[i] for i in run]
+            if sum(n for _, _, n in pieces) < MIN_MISSED_S * SAMPLE_RATE:
+                continue
+            audio_parts, new_pieces, at = [], [], 0
+            for old_at, start, length in pieces:
+                audio_parts.append(self.audio[old_at:old_at + length])
+                new_pieces.append((at, start, length))
+                at += length
+            missed.append(Chunk(np.concatenate(audio_parts), tuple(new_pieces)))
+        return missed
+
+
+def _group(regions: list[dict[str, int]]) -> list[list[dict[str, int]]]:
+    """Consecutive regions whose speech adds up to at most 30 s share a chunk."""
+    groups: list[list[dict[str, int]]] = []
+    total = CHUNK_SAMPLES + 1
+    for region in regions:
+        length = region["end"] - region["start"]
+        if total + length > CHUNK_SAMPLES:
+            groups.append([])
+            total = 0
+        groups[-1].append(region)
+        total += length
+    return groups
+
+
+def _chunk(buffer: np.ndarray, offset: int, regions: list[dict[str, int]]) -> Chunk:
+    pieces, at = [], 0
+    for r in regions:
+        length = r["end"] - r["start"]
+        pieces.append((at, offset + r["start"], length))
+        at += length
+    return Chunk(np.concatenate([buffer[r["start"]:r["end"]] for r in regions]), tuple(pieces))
 
 
 def validate(options: RequestOptions, backend: Backend) -> None:
@@ -62,17 +174,6 @@ def validate(options: RequestOptions, backend: Backend) -> None:
         if options.task == "translate":
             raise ContractError(ErrorCode.BAD_OPTION,
                                 f"model {backend.info.model!r} is English-only: it cannot translate")
-
-
-def _merge(regions: list[dict[str, int]]) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    for region in regions:
-        start, end = region["start"], region["end"]
-        if spans and end - spans[-1][0] <= CHUNK_SAMPLES and start - spans[-1][1] <= MAX_GAP_SAMPLES:
-            spans[-1] = (spans[-1][0], end)
-        else:
-            spans.append((start, end))
-    return spans
 
 
 def vad_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
@@ -101,8 +202,8 @@ def vad_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
         else:  # the last region may continue in the next block: decide it next time
             cut = regions[-1]["start"]
             regions = regions[:-1]
-        for start, end in _merge(regions):
-            yield Chunk(offset + start, buffer[start:end].copy())
+        for group in _group(regions):
+            yield _chunk(buffer, offset, group)
         buffer = buffer[cut:]
         offset += cut
 
@@ -111,7 +212,10 @@ def fixed_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
     """vad=false: plain 30 s windows (words at the cuts may be split)."""
     offset = 0
     for block in audio.rechunk(blocks, CHUNK_SAMPLES):
-        yield Chunk(offset, block)
+        # Contiguous sub-pieces: they change no time, but let a skipped stretch be found.
+        pieces = tuple((at, offset + at, min(FIXED_PIECE_SAMPLES, len(block) - at))
+                       for at in range(0, len(block), FIXED_PIECE_SAMPLES))
+        yield Chunk(block, pieces)
         offset += len(block)
 
 
@@ -162,20 +266,30 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
     segments: list[Segment] = []
     batch: list[Chunk] = []
 
-    def flush() -> None:
+    def decode_batch(todo: list[Chunk], retry: bool) -> None:
         nonlocal decode_seconds
         budget.check()
         t0 = time.perf_counter()
-        results = backend.transcribe_chunks([c.audio for c in batch], decode)
+        results = backend.transcribe_chunks([c.audio for c in todo], decode)
         decode_seconds += time.perf_counter() - t0
-        for chunk, chunk_segments in zip(batch, results):
-            for seg in chunk_segments:
-                if not seg.text.strip():
-                    continue
-                if seg.no_speech_prob > NO_SPEECH_PROB and seg.avg_logprob < LOW_LOGPROB:
-                    continue
-                segments.append(seg.shifted(chunk.start_s, len(segments)))
-        log.info("decoded %d chunks up to %.1f s", len(batch), batch[-1].start_s + len(batch[-1].audio) / SAMPLE_RATE)
+        missed: list[Chunk] = []
+        for chunk, chunk_segments in zip(todo, results):
+            kept = [seg for seg in chunk_segments if seg.text.strip()
+                    and not (seg.no_speech_prob > NO_SPEECH_PROB and seg.avg_logprob < LOW_LOGPROB)]
+            for seg in kept:
+                for placed in chunk.place(seg):
+                    segments.append(replace(placed, words=placed.words if options.word_timestamps else None))
+            if not retry:
+                missed += chunk.uncovered(kept)
+        if missed:
+            # Whisper sometimes stops early in a chunk (end of text after the first sentence);
+            # the speech it skipped is decoded again on its own rather than lost.
+            log.info("re-decoding %d stretch(es) of speech the first pass skipped", len(missed))
+            decode_batch(missed, retry=True)
+
+    def flush() -> None:
+        decode_batch(batch, retry=False)
+        log.info("decoded %d chunks up to %.1f s", len(batch), batch[-1].end_s)
         batch.clear()
 
     for chunk in chunks:
@@ -185,7 +299,8 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                 if not backend.multilingual:
                     language_probability = 1.0
             decode = DecodeOptions(language=language, task=options.task, beam_size=options.beam_size,
-                                   word_timestamps=options.word_timestamps,
+                                   # always: word times place text correctly across cut-out silences
+                                   word_timestamps=True,
                                    initial_prompt=options.initial_prompt, hotwords=options.hotwords)
         batch.append(chunk)
         if len(batch) >= settings.batch_size:
@@ -193,6 +308,8 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
     if batch:
         flush()
 
+    segments.sort(key=lambda seg: seg.start)  # re-decoded stretches land between others
+    segments = [replace(seg, id=i) for i, seg in enumerate(segments)]
     duration = round(budget.samples / SAMPLE_RATE, 3)
     text = "".join(s.text for s in segments).strip()
     if not text:

@@ -35,6 +35,7 @@ NO_SPEECH_THRESHOLD = 0.6
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 SENTENCE_END = set(".?!。？！")
+TITLES = {"Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Prof.", "Jr.", "Sr."}  # a full stop that ends no sentence
 PAUSE_S = 1.0
 MAX_SEGMENT_S = 12.0
 
@@ -60,7 +61,8 @@ def split_sentences(words: list[Word]) -> list[list[Word]]:
         if current and (word.start - current[-1].end > PAUSE_S or word.end - current[0].start > MAX_SEGMENT_S):
             groups.append([])
         groups[-1].append(word)
-        if word.word.strip()[-1:] in SENTENCE_END and i + 1 < len(words):
+        stripped = word.word.strip()
+        if stripped[-1:] in SENTENCE_END and stripped not in TITLES and i + 1 < len(words):
             groups.append([])
     return [g for g in groups if g]
 
