@@ -141,3 +141,19 @@ def test_sns_wrapped_s3_event_is_accepted(aws, runtime):
 def test_metadata_overrides_defaults_key_by_key():
     options = submit.options_from({"formats": "srt", "mtime": "1700000000"}, "formats=json,txt&language=en")
     assert options.formats == ("srt",) and options.language == "en"
+
+
+def test_versioned_bucket_one_job_per_version(aws, runtime):
+    """Real S3 events carry ``versionId`` in versioned buckets (moto's do not: added here)."""
+    aws.s3.put_bucket_versioning(Bucket=aws.input_bucket, VersioningConfiguration={"Status": "Enabled"})
+    jobs = []
+    for body in (FLAC, FLAC + b"v2"):
+        event = aws.upload("v.flac", body)
+        version = aws.s3.head_object(Bucket=aws.input_bucket, Key="v.flac")["VersionId"]
+        message = json.loads(event["Records"][0]["body"])
+        message["Records"][0]["s3"]["object"]["versionId"] = version
+        event["Records"][0]["body"] = json.dumps(message)
+        jobs.append(expect_invoke(runtime, aws, "v.flac", version, "formats=json%2Ctxt"))
+        assert submit.handler(event, None) == {"batchItemFailures": []}
+    assert jobs[0] != jobs[1]
+    assert JobRecord.from_json(aws.output(job_key(jobs[1]))).version_id is not None
