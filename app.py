@@ -10,7 +10,9 @@ import aws_cdk as cdk
 from stacks.application import build_stacks, config_from_app
 from stacks.config import ConfigError
 
-app = cdk.App()
+# CDK's built-in CloudFormation schema validation costs ~15 s per synth on the 2-core dev box;
+# cfn-lint checks the same templates in tests/infra and `make audit`, so it is off here.
+app = cdk.App(builtin_cloud_formation_validation=False)
 try:
     cfg = config_from_app(app)
 except ConfigError as exc:

@@ -13,10 +13,11 @@ endpoint, and an alarm with an extra ``VariantName`` dimension would never see d
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 NAMESPACE = "AWS/SageMaker"
@@ -45,7 +46,13 @@ class AsyncEndpointScaling(Construct):
         idle_minutes: int,
     ) -> None:
         super().__init__(scope, construct_id)
-        # No role: Application Auto Scaling uses its SageMaker service-linked role.
+        # Application Auto Scaling's own service-linked role for SageMaker (created on first use):
+        # no custom role with broad sagemaker/cloudwatch permissions.
+        service_linked = iam.Role.from_role_arn(
+            self, "ServiceLinkedRole",
+            f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:role/aws-service-role/"
+            "sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+        )
         self.target = appscaling.ScalableTarget(
             self, "Target",
             service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
@@ -53,6 +60,7 @@ class AsyncEndpointScaling(Construct):
             resource_id=f"endpoint/{endpoint_name}/variant/{VARIANT}",
             min_capacity=min_instances,
             max_capacity=max_instances,
+            role=service_linked,
         )
 
         # 0 -> 1: the only signal that exists while no instance is running.

@@ -65,8 +65,8 @@ class EndpointStack(Stack):
 
         if cfg.packaging == "dlc":
             dlc_account = self.regional_fact(FactName.DLC_REPOSITORY_ACCOUNT)
-            image = f"{dlc_account}.dkr.ecr.{Aws.REGION}.{Aws.URL_SUFFIX}/{DLC_REPOSITORY}:{cfg.dlc_image_tag}"
-            repository_arn = f"arn:{Aws.PARTITION}:ecr:{Aws.REGION}:{dlc_account}:repository/{DLC_REPOSITORY}"
+            image = f"{dlc_account}.dkr.ecr.{self.region}.{self.url_suffix}/{DLC_REPOSITORY}:{cfg.dlc_image_tag}"
+            repository_arn = f"arn:{self.partition}:ecr:{self.region}:{dlc_account}:repository/{DLC_REPOSITORY}"
         else:
             assert image_uri is not None and image_repository_arn is not None
             image, repository_arn = image_uri, image_repository_arn

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import yaml
-from aws_cdk import CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack, Token
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
@@ -102,6 +102,9 @@ class EngineBuildStack(Stack):
             sid="UseDataKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]))
 
         project_id = self.get_logical_id(cfn)
+        # cdk-nag prints the region and account literally when the stack has them, else as tokens.
+        region = "<AWS::Region>" if Token.is_unresolved(self.region) else self.region
+        account = "<AWS::AccountId>" if Token.is_unresolved(self.account) else self.account
         models = cfg.bucket_name("models")
         for finding, reason in [
             *((s3_objects_finding(models, f"{p}*"), "the build reads every file of the configured weights/adapter")
@@ -112,9 +115,9 @@ class EngineBuildStack(Stack):
             ("AwsSolutions-IAM5[Action::s3:List*]", "codebuild.Source.s3 grants read on the CDK asset bucket"),
             ("AwsSolutions-IAM5[Action::kms:GenerateDataKey*]", "CDK's grant for the project's artifact key"),
             ("AwsSolutions-IAM5[Action::kms:ReEncrypt*]", "CDK's grant for the project's artifact key"),
-            (f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
+            (f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:{region}:{account}:log-group:"
              f"/aws/codebuild/<{project_id}>:*]", "streams of the project's own log group (one per build)"),
-            (f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:codebuild:<AWS::Region>:<AWS::AccountId>:"
+            (f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:codebuild:{region}:{account}:"
              f"report-group/<{project_id}>-*]", "CodeBuild's per-project report groups"),
             ("AwsSolutions-CB5", "TensorRT-LLM needs its own CUDA/TensorRT toolchain image (NGC); CodeBuild's "
                                  "standard images do not ship it"),

@@ -1,0 +1,26 @@
+# The CDK app: synth every environment, diff and deploy one. See docs/infrastructure.md.
+CDK := npx --no-install cdk
+CDK_ENVS := $(shell $(PY) -c "import json; print(' '.join(json.load(open('cdk.json'))['context']['environments']))" 2>/dev/null || echo dev prod)
+# SageMaker rejects OCI image indexes; BuildKit adds a provenance attestation (an index) by
+# default and CDK has no --provenance flag, so the documented switch goes in the environment.
+CDK_DEPLOY_ENV := BUILDX_NO_DEFAULT_ATTESTATIONS=1
+
+.PHONY: synth diff deploy synth-time
+
+synth: install ## synthesize every stack of every environment (no AWS account needed); templates in cdk.out/<env>/
+	@for env in $(CDK_ENVS); do \
+	  $(CDK) synth -c env=$$env -o cdk.out/$$env -q || exit 1; \
+	  echo "$$env: $$(ls cdk.out/$$env/*.template.json | wc -l) templates in cdk.out/$$env/:"; \
+	  ls -1 cdk.out/$$env/*.template.json | sed 's/^/  /'; \
+	done
+
+diff: install ## show what `make deploy ENV=...` would change (needs AWS credentials)
+	$(CDK_DEPLOY_ENV) $(CDK) diff -c env=$(ENV) -o cdk.out/$(ENV) --all
+
+deploy: install ## deploy every stack of ENV (needs AWS credentials, a bootstrapped account and Docker)
+	$(CDK_DEPLOY_ENV) $(CDK) deploy -c env=$(ENV) -o cdk.out/$(ENV) --all --require-approval broadening
+
+synth-time: install ## measure `cdk synth` per environment (docs/benchmarks.md)
+	@for env in $(CDK_ENVS); do \
+	  /usr/bin/time -f "$$env: %e s wall, %U s user, %S s sys" $(CDK) synth -c env=$$env -o cdk.out/$$env -q; \
+	done
