@@ -137,6 +137,7 @@ class WhisperService:
             fmt = choose_format(request.headers.get("accept"), options)
             deadline = time.monotonic() + self.settings.request_timeout_s
             async with self._spooled(request) as path:
+                log.info("request admitted: %d bytes, %d in progress or queued", path.stat().st_size, self.admitted)
                 transcript = await self._run(path, options, backend, deadline)
             return Response(render(transcript, fmt), media_type=CONTENT_TYPES[fmt])
         finally:
