@@ -28,7 +28,7 @@ from whisper_contract.keys import is_audio_key
 from whisper_eval.clips import SHIPPED
 from whisper_local.pipeline import LocalPipeline, PipelineConfig
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables in logs too
 BROKEN_NAME = "broken-upload.wav"  # a .wav whose bytes are not audio: shows the error path
 
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--model-dir", type=Path, help="CTranslate2 Whisper model (default: bundled tiny.en)")
     parser.add_argument("--concurrency", type=int, default=2, help="MaxConcurrentInvocationsPerInstance")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all results")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all results")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -21,6 +21,11 @@ log = logging.getLogger("whisper_local.lambda")
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
+# Lambda runs one event per process; here both functions share one process, and the
+# handlers create clients from boto3's default session, which is not thread-safe. So one
+# handler call at a time (they are short: the transcription itself runs in the container).
+_ONE_AT_A_TIME = threading.Lock()
+
 
 @dataclass(frozen=True)
 class LambdaContext:
@@ -116,7 +121,9 @@ class SqsPoller:
         batch_ids = {m["MessageId"] for m in messages}
         self.invocations += 1
         try:
-            keep = failed_ids(self.handler(event, context), batch_ids)
+            with _ONE_AT_A_TIME:
+                result = self.handler(event, context)
+            keep = failed_ids(result, batch_ids)
         except Exception:
             log.exception("%s: handler raised; the whole batch returns to the queue", self.name)
             keep = batch_ids

@@ -226,7 +226,7 @@ class LocalPipeline:
             **FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": moto_url,
             "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.runtime.url,
             env.ENDPOINT_NAME: name, env.INPUT_BUCKET: input_bucket, env.OUTPUT_BUCKET: output_bucket,
-            env.DEFAULT_OPTIONS: cfg.default_options, env.INVOCATION_TIMEOUT_S: "600", env.REQUEST_TTL_S: "3600",
+            env.DEFAULT_OPTIONS: cfg.default_options, env.INVOCATION_TIMEOUT_S: "3600", env.REQUEST_TTL_S: "21600",
         })
         _wait_http(f"{container_url}/ping", container, cfg.startup_timeout_s)
 

@@ -83,6 +83,22 @@ class _ValidationError(Exception):
     pass
 
 
+class _Utf8Headers:
+    """botocore sends header values as UTF-8 bytes; http.server decodes them as Latin-1."""
+
+    def __init__(self, headers: Any) -> None:
+        self.headers = headers
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self.headers.get(name)
+        if value is None:
+            return default
+        try:
+            return value.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return value
+
+
 class AsyncRuntime:
     """The HTTP front (any thread) plus ``max_concurrency`` worker threads."""
 
@@ -207,7 +223,7 @@ class AsyncRuntime:
                     self._reply(404, {"message": f"no route {self.path}"}, {"x-amzn-ErrorType": "UnknownOperationException"})
                     return
                 try:
-                    request = runtime.accept(match["name"], self.headers, body)
+                    request = runtime.accept(match["name"], _Utf8Headers(self.headers), body)
                 except (_ValidationError, ValueError) as exc:
                     self._reply(400, {"message": str(exc)}, {"x-amzn-ErrorType": "ValidationError"})
                     return
