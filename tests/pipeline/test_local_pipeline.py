@@ -70,7 +70,7 @@ def test_demo_on_a_users_folder_with_awkward_names(tmp_path, children):
     audio = tmp_path / "mine"
     (audio / "sub dir").mkdir(parents=True)
     flac = next(p for p in demo.SHIPPED.iterdir() if p.suffix == ".flac").read_bytes()
-    (audio / "sub dir" / "naïve +1 (take 2).FLAC").write_bytes(flac)
+    (audio / "sub dir" / "naïve 日本 +1 (take 2).FLAC").write_bytes(flac)
     (audio / "empty.mp3").write_bytes(b"")
     (audio / ".DS_Store").write_bytes(b"\0")
     (audio / "notes.txt").write_text("not audio")
@@ -79,7 +79,7 @@ def test_demo_on_a_users_folder_with_awkward_names(tmp_path, children):
     assert demo.run(audio, out, config(tmp_path, [sys.executable, FAKE, "--port", "{port}"]), timeout_s=60) == 0
 
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert names == ["empty.mp3.error.json"] + [f"sub dir/naïve +1 (take 2).FLAC.{f}" for f in ("json", "srt", "txt", "vtt")]
+    assert names == ["empty.mp3.error.json"] + [f"sub dir/naïve 日本 +1 (take 2).FLAC.{f}" for f in ("json", "srt", "txt", "vtt")]
     assert json.loads((out / "empty.mp3.error.json").read_text())["error"]["code"] == "empty_input"
-    transcript = json.loads((out / "sub dir/naïve +1 (take 2).FLAC.json").read_text())
-    assert transcript["source"]["key"] == "sub dir/naïve +1 (take 2).FLAC"
+    transcript = json.loads((out / "sub dir/naïve 日本 +1 (take 2).FLAC.json").read_text())
+    assert transcript["source"]["key"] == "sub dir/naïve 日本 +1 (take 2).FLAC"
