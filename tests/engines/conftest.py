@@ -21,10 +21,9 @@ from whisper_contract.engine_spec import MANIFEST_NAME, EngineBuildSpec, EngineM
 STANDIN = Path(__file__).resolve().parent / "standin" / "model.py"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def spec() -> EngineBuildSpec:
-    return EngineBuildSpec(model_name="large-v3", model_bucket="example-model-bucket",
-                           base_model_prefix="hf/whisper-large-v3", artifact_prefix="engines/large-v3")
+    return _spec()
 
 
 @pytest.fixture(scope="session")
@@ -67,21 +66,33 @@ def make_manifest(spec: EngineBuildSpec, model_root: str, **overrides: object) -
     return EngineManifest(**fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def standin_artifact(tmp_path: Path, spec: EngineBuildSpec, tokenizer_json: Path,
-                     mel_filters_128: np.ndarray) -> Path:
-    """An artifact whose whisper_bls config is the generated one, with the stand-in model.py.
+def _spec() -> EngineBuildSpec:
+    return EngineBuildSpec(model_name="large-v3", model_bucket="example-model-bucket",
+                           base_model_prefix="hf/whisper-large-v3", artifact_prefix="engines/large-v3")
+
+
+@pytest.fixture(scope="session")
+def make_standin_artifact(tokenizer_json: Path, mel_filters_128: np.ndarray):
+    """Builds an artifact whose whisper_bls config is the generated one, with the stand-in model.py.
 
     The tensorrt_llm model is left out: its backend ships only in NVIDIA's TensorRT-LLM image.
     """
     from whisper_engines.repository import ServingConfig, write_repository
 
-    artifact = tmp_path / "artifact"
-    # One BLS instance and a 100 ms batching window, so concurrent requests visibly batch.
-    serving = ServingConfig(bls_instances=1, max_queue_delay_us=100_000)
-    repo = write_repository(artifact / "triton", spec, model_root="/opt/ml/model", tokenizer_json=tokenizer_json,
-                            mel_filters=mel_filters_128, serving=serving)
-    shutil.rmtree(repo / "tensorrt_llm")
-    shutil.copyfile(STANDIN, repo / "whisper_bls" / "1" / "model.py")
-    (artifact / MANIFEST_NAME).write_text(make_manifest(spec, "/opt/ml/model").to_json())
-    return artifact
+    def make(root: Path) -> Path:
+        artifact = root / "artifact"
+        # One BLS instance and a 100 ms batching window, so concurrent requests visibly batch.
+        serving = ServingConfig(bls_instances=1, max_queue_delay_us=100_000)
+        repo = write_repository(artifact / "triton", _spec(), model_root="/opt/ml/model",
+                                tokenizer_json=tokenizer_json, mel_filters=mel_filters_128, serving=serving)
+        shutil.rmtree(repo / "tensorrt_llm")
+        shutil.copyfile(STANDIN, repo / "whisper_bls" / "1" / "model.py")
+        (artifact / MANIFEST_NAME).write_text(make_manifest(_spec(), "/opt/ml/model").to_json())
+        return artifact
+
+    return make
+
+
+@pytest.fixture
+def standin_artifact(tmp_path: Path, make_standin_artifact) -> Path:
+    return make_standin_artifact(tmp_path)

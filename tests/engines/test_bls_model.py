@@ -26,12 +26,15 @@ STANDIN_LLM = Path(__file__).resolve().parent / "standin" / "llm_model.py"
 CLIP = Path(__file__).resolve().parents[1] / "data" / "audio" / "en_librispeech_test-clean_4507-16021-0012.flac"
 
 
-@pytest.fixture
-def real_bls(standin_artifact: Path, spec, tokenizer_json: Path, mel_filters_128: np.ndarray, tmp_path: Path,
-             triton_dist: dict):
+@pytest.fixture(scope="module")
+def real_bls(make_standin_artifact, spec, tokenizer_json: Path, mel_filters_128: np.ndarray,
+             tmp_path_factory: pytest.TempPathFactory, triton_dist: dict):
     from tokenizers import Tokenizer
 
     from whisper_engines.repository import ServingConfig, write_repository
+
+    tmp_path = tmp_path_factory.mktemp("real-bls")
+    standin_artifact = make_standin_artifact(tmp_path)
 
     # Regenerate the full repository (real BLS model.py), then swap only the LLM's backend.
     repo = standin_artifact / "triton"
@@ -53,14 +56,22 @@ def real_bls(standin_artifact: Path, spec, tokenizer_json: Path, mel_filters_128
                                            backend_directory=triton_dist["backend_directory"], env=env,
                                            startup_timeout_s=120, chunk_timeout_s=60)
     assert (standin_artifact / MANIFEST_NAME).is_file()
-    yield backend, tok, lambda: [json.loads(line) for line in log.read_text().splitlines()]
+    yield backend, tok, log
     backend.close()
 
 
-def test_real_bls_end_to_end_on_cpu(real_bls) -> None:
+@pytest.fixture
+def bls(real_bls):
+    """The shared server, with the LLM stand-in's log emptied for each test."""
+    backend, tok, log = real_bls
+    log.write_text("")
+    return backend, tok, lambda: [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_real_bls_end_to_end_on_cpu(bls) -> None:
     from faster_whisper.audio import decode_audio
 
-    backend, tok, seen = real_bls
+    backend, tok, seen = bls
     audio = decode_audio(str(CLIP), sampling_rate=SAMPLE_RATE)
     segments_a, segments_b = backend.transcribe_chunks(
         [audio, audio[: SAMPLE_RATE]], DecodeOptions(language="fr", task="transcribe", beam_size=3,
@@ -87,8 +98,8 @@ def test_real_bls_end_to_end_on_cpu(real_bls) -> None:
     assert calls[0]["features"][2] != calls[1]["features"][2]
 
 
-def test_real_bls_language_detection_and_sampling(real_bls) -> None:
-    backend, tok, seen = real_bls
+def test_real_bls_language_detection_and_sampling(bls) -> None:
+    backend, tok, seen = bls
     audio = np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE).astype(np.float32) * 0.1
     assert backend.detect_language(audio) == ("de", pytest.approx(np.exp(-0.7), abs=1e-4))
     first = seen()[0]

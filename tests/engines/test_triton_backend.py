@@ -21,15 +21,37 @@ from whisper_server.backends.triton_backend import TritonBackend, parse_segments
 pytest.importorskip("tritonclient.grpc")
 
 
-@pytest.fixture
-def backend(standin_artifact: Path, triton_dist: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    log = tmp_path / "requests.jsonl"
+def _start(artifact: Path, triton_dist: dict, log: Path) -> TritonBackend:
     log.touch()
     env = {**triton_dist["env"], "WHISPER_STANDIN_LOG": str(log)}
-    b = TritonBackend.from_model_dir(standin_artifact, tritonserver=triton_dist["tritonserver"],
+    b = TritonBackend.from_model_dir(artifact, tritonserver=triton_dist["tritonserver"],
                                      backend_directory=triton_dist["backend_directory"], env=env,
                                      startup_timeout_s=60, chunk_timeout_s=1.5, max_in_flight=8)
     b.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()]  # type: ignore[attr-defined]
+    return b
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, make_standin_artifact, triton_dist: dict):
+    root = tmp_path_factory.mktemp("shared-triton")
+    b = _start(make_standin_artifact(root), triton_dist, root / "requests.jsonl")
+    yield b, root / "requests.jsonl"
+    b.close()
+
+
+@pytest.fixture
+def backend(shared) -> TritonBackend:
+    """One server for the tests that leave it healthy; each test sees only its own requests."""
+    b, log = shared
+    assert b.alive()
+    log.write_text("")
+    return b
+
+
+@pytest.fixture
+def own_backend(standin_artifact: Path, triton_dist: dict, tmp_path: Path):
+    """A server of its own, for tests that wedge or kill it."""
+    b = _start(standin_artifact, triton_dist, tmp_path / "requests.jsonl")
     yield b
     b.close()
 
@@ -93,7 +115,8 @@ def test_word_timestamps_are_refused_clearly(backend: TritonBackend) -> None:
     assert info.value.code == ErrorCode.BAD_OPTION and "word_timestamps" in info.value.message
 
 
-def test_slow_chunk_times_out_and_server_stays_usable(backend: TritonBackend) -> None:
+def test_slow_chunk_times_out_and_server_stays_usable(own_backend: TritonBackend) -> None:
+    backend = own_backend
     started = time.monotonic()
     with pytest.raises(ContractError) as info:
         backend.transcribe_chunks([_chunk(2.0, first=7.0)], DecodeOptions(language="en"))
@@ -103,7 +126,8 @@ def test_slow_chunk_times_out_and_server_stays_usable(backend: TritonBackend) ->
     assert backend.transcribe_chunks([_chunk(2.0)], DecodeOptions(language="en"))[0]
 
 
-def test_server_death_mid_request_is_reported(backend: TritonBackend) -> None:
+def test_server_death_mid_request_is_reported(own_backend: TritonBackend) -> None:
+    backend = own_backend
     with pytest.raises(ContractError) as info:
         backend.transcribe_chunks([_chunk(2.0, first=9.0)], DecodeOptions(language="en"))
     assert info.value.code == ErrorCode.INTERNAL and "not running" in info.value.message
