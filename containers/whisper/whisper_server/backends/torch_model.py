@@ -310,6 +310,7 @@ def random_model(dims: Dims, device: str | torch.device = "cpu", dtype: torch.dt
         elif p.ndim >= 2:
             p.data.normal_(0, 0.02)
     model.encoder.positions.copy_(sinusoids(dims.n_audio_ctx, dims.n_audio_state))
+    model.mel.to(device)  # its buffers come from numpy, which ignores the device context
     model.encoder.to(dtype)
     model.decoder.to(dtype)
     return model.eval()
