@@ -96,7 +96,7 @@ def aws_status(session: Any, endpoint_name: str) -> dict[str, Any]:
     stats = session.client("cloudwatch").get_metric_statistics(
         Namespace="AWS/SageMaker", MetricName="ApproximateBacklogSize",
         Dimensions=[{"Name": "EndpointName", "Value": endpoint_name}],
-        StartTime=now - timedelta(minutes=10), EndTime=now, Period=60, Statistics=["Maximum"])
+        StartTime=now - timedelta(minutes=10), EndTime=now + timedelta(minutes=1), Period=60, Statistics=["Maximum"])
     points = sorted(stats.get("Datapoints", []), key=lambda p: p["Timestamp"])
     return {"endpoint_name": endpoint_name, "endpoint_status": endpoint.get("EndpointStatus"),
             "instances": sum(v.get("CurrentInstanceCount", 0) for v in variants),

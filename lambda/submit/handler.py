@@ -35,6 +35,7 @@ if logging.getLogger("whisper").level == logging.NOTSET:  # Lambda: INFO; a host
 IGNORED_METADATA = frozenset({"mtime", "btime", "md5chksum", "s3cmd-attrs"})
 OPTION_ALIASES = {"format": "formats", "output": "formats"}
 DEFAULT_TIMEOUT_S = 3600
+MAX_ASYNC_INPUT_BYTES = 1_000_000_000  # SageMaker async inference's payload limit (1 GB)
 DEFAULT_TTL_S = 6 * 3600
 
 
@@ -138,6 +139,11 @@ class Submitter:
         if size == 0:
             self._fail_fast(bucket, key, version_id, etag, job_id, ContractError(
                 ErrorCode.EMPTY_INPUT, "the object is empty (0 bytes)"))
+            return
+        if size is not None and size > MAX_ASYNC_INPUT_BYTES:
+            self._fail_fast(bucket, key, version_id, etag, job_id, ContractError(
+                ErrorCode.INPUT_TOO_LARGE, f"the object is {size} bytes; SageMaker async inference accepts "
+                                           f"at most {MAX_ASYNC_INPUT_BYTES} (split the recording)"))
             return
         try:
             options = options_from(head.get("Metadata") or {}, self.defaults)

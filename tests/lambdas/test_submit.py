@@ -157,3 +157,11 @@ def test_versioned_bucket_one_job_per_version(aws, runtime):
         assert submit.handler(event, None) == {"batchItemFailures": []}
     assert jobs[0] != jobs[1]
     assert JobRecord.from_json(aws.output(job_key(jobs[1]))).version_id is not None
+
+
+def test_input_over_the_async_payload_limit_is_an_error_record_without_invoking(aws, runtime, monkeypatch):
+    monkeypatch.setattr(submit, "MAX_ASYNC_INPUT_BYTES", 50)  # instead of uploading a gigabyte
+    event = aws.upload("huge.flac", FLAC)
+    assert submit.handler(event, None) == {"batchItemFailures": []}
+    record = ErrorRecord.from_json(aws.output("huge.flac.error.json"))
+    assert (record.code, record.status) == ("input_too_large", 413) and "68 bytes" in record.message

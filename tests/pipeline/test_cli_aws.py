@@ -64,3 +64,25 @@ def test_collect_takes_audio_from_folders_and_refuses_named_non_audio(tmp_path):
     assert [k for _, k in pairs] == ["p/d/sub/a.mp3", "p/one.flac"]
     with pytest.raises(ValueError, match="audio file extension"):
         core.collect([tmp_path / "d" / "notes.txt"])
+
+
+def test_status_reads_instances_and_backlog(cloud, capsys):
+    sm = boto3.client("sagemaker", region_name="eu-west-1")
+    sm.create_model(ModelName="m", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+                    PrimaryContainer={"Image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/w:1"})
+    sm.create_endpoint_config(EndpointConfigName="c", ProductionVariants=[
+        {"VariantName": "v", "ModelName": "m", "InitialInstanceCount": 1, "InstanceType": "ml.g4dn.xlarge"}])
+    sm.create_endpoint(EndpointName="whisper-dev", EndpointConfigName="c")
+    cloudwatch = boto3.client("cloudwatch", region_name="eu-west-1")
+    for value in (3, 7):
+        cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[{
+            "MetricName": "ApproximateBacklogSize", "Value": value,
+            "Dimensions": [{"Name": "EndpointName", "Value": "whisper-dev"}]}])
+    cloud.create_stack(StackName="WhisperAll-dev", TemplateBody=template(
+        {"InputBucketName": "i", "OutputBucketName": "o", "EndpointName": "whisper-dev"}))
+
+    from whisper_cli.main import main
+
+    assert main(["status", "--env", "dev", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["endpoint_status"], status["instances"], status["backlog"]) == ("InService", 1, 7)
