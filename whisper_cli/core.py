@@ -133,6 +133,9 @@ def upload(target: Target, pairs: list[tuple[Path, str]], options: RequestOption
            progress: Callable[[int], None] | None = None) -> list[Submission]:
     # The trigger reads the same names back from the object's user metadata.
     metadata = dict(parse_qsl(options.to_query()))
+    for name, value in metadata.items():
+        if not value.isascii():
+            raise ValueError(f"option {name} must be ASCII: it travels as S3 object metadata")
     submissions = []
     for path, key in pairs:
         target.s3.upload_file(str(path), target.input_bucket, key, ExtraArgs={"Metadata": metadata},

@@ -86,3 +86,11 @@ def test_status_reads_instances_and_backlog(cloud, capsys):
     assert main(["status", "--env", "dev", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["endpoint_status"], status["instances"], status["backlog"]) == ("InService", 1, 7)
+
+
+def test_non_ascii_options_are_refused_before_upload(tmp_path):
+    from whisper_contract import RequestOptions
+
+    target = core.Target("dev", "i", "o", "e", s3=None)  # never reached
+    with pytest.raises(ValueError, match="initial_prompt must be ASCII"):
+        core.upload(target, [(tmp_path / "a.mp3", "a.mp3")], RequestOptions(initial_prompt="Grüße"))
