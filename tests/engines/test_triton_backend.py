@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -160,3 +161,46 @@ def test_parse_segments_edge_cases() -> None:
     assert (seg.start, seg.end, seg.text) == (1.0, 4.0, " late")
     assert text_prefix(None, "transcribe") == "<|startoftranscript|>"
     assert math.isclose(parse_segments("<|0.50|> a<|1.00|>", 2.0, -0.3)[0].avg_logprob, -0.3)
+
+
+def test_launch_from_server_settings(tmp_path: Path) -> None:
+    from whisper_server.backends.triton_backend import TritonLaunch
+    from whisper_server.settings import Settings
+
+    settings = Settings.from_env({"WHISPER_MODEL_DIR": str(tmp_path), "WHISPER_BACKEND": "triton",
+                                  "WHISPER_BATCH_SIZE": "24", "WHISPER_MODEL_NAME": "my-lora"})
+    launch = TritonLaunch.from_settings(settings, {"WHISPER_TRITONSERVER": "/opt/tritonserver/bin/tritonserver",
+                                                   "WHISPER_TRITON_CHUNK_TIMEOUT_S": "45"})
+    assert (launch.model_dir, launch.max_in_flight, launch.label) == (tmp_path, 24, "my-lora")
+    assert (launch.tritonserver, launch.chunk_timeout_s, launch.startup_timeout_s) == (
+        "/opt/tritonserver/bin/tritonserver", 45.0, 900.0)
+    # What the server's registry does: TritonBackend(settings). No artifact there: a clear error.
+    with pytest.raises(FileNotFoundError, match="engine build artifact"):
+        TritonBackend(settings)
+
+
+def test_engines_for_another_gpu_are_refused(standin_artifact: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in nvidia-smi on PATH reporting an L4 (compute capability 8.9); the engines say sm86.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 8.9\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match=r"built for sm86 \(NVIDIA A10G\), this GPU is sm89.*start-build"):
+        TritonBackend.from_model_dir(standin_artifact, tritonserver="/nonexistent/tritonserver")
+
+
+def test_relocation_rewrites_engine_paths_only_when_moved(tmp_path: Path, spec, tokenizer_json: Path,
+                                                         mel_filters_128) -> None:
+    from whisper_engines.repository import write_repository
+    from whisper_server.backends.triton_backend import relocate_repository
+
+    artifact = tmp_path / "artifact"
+    repo = write_repository(artifact / "triton", spec, model_root="/opt/ml/model", tokenizer_json=tokenizer_json,
+                            mel_filters=mel_filters_128)
+    moved = relocate_repository(repo, "/opt/ml/model", artifact, tmp_path / "scratch")
+    text = (moved / "tensorrt_llm" / "config.pbtxt").read_text()
+    assert f'"{artifact.resolve()}/engines/decoder"' in text and "/opt/ml/model" not in text
+    assert (repo / "tensorrt_llm" / "config.pbtxt").read_text().count("/opt/ml/model/engines/") == 2  # original kept
+    assert relocate_repository(repo, str(artifact.resolve()), artifact, tmp_path / "scratch2") == repo
