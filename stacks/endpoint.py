@@ -161,7 +161,8 @@ class EndpointStack(Stack):
         CfnOutput(self, "EndpointName", value=self.endpoint.attr_endpoint_name)
         CfnOutput(self, "SuccessTopicArn", value=self.success_topic.topic_arn)
         CfnOutput(self, "ErrorTopicArn", value=self.error_topic.topic_arn)
-        CfnOutput(self, "ModelImage", value=image)
+        if cfg.packaging == "dlc":  # (a byoc image's URI is the Image stack's ImageUri output)
+            CfnOutput(self, "ModelImage", value=image)
 
     # --- pieces -------------------------------------------------------------------------
     def _container_env(self) -> dict[str, str]:

@@ -123,6 +123,9 @@ class EngineBuildStack(Stack):
                                  "standard images do not ship it"),
         ]:
             acknowledge(self.project, finding, reason)
+        if _ECR_IMAGE.match(eb.build_image):
+            acknowledge(self.project, "AwsSolutions-IAM5[Resource::*]",
+                        "ecr:GetAuthorizationToken (to pull the ECR build image) has no resource-level permissions")
         CfnOutput(self, "EngineBuildProjectName", value=self.project.project_name)
         CfnOutput(self, "EngineArtifactPrefix", value=model_bucket.s3_url_for_object(prefix))
 

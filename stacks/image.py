@@ -70,21 +70,31 @@ class ImageStack(Stack):
         self.image_tag = self.asset.asset_hash[:32]
         self.image_uri = self.repository.repository_uri_for_tag(self.image_tag)
 
+        # cdk-ecr-deployment adds ecr:*-style actions and s3:GetObject on "*" to whatever role it
+        # runs with; a role that ignores policy additions keeps only the statements below.
         copy_role = iam.Role(self, "CopyRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="Copies the serving image from the CDK asset repository to ours")
-        self.asset.repository.grant_pull(copy_role)
-        self.repository.grant_pull_push(copy_role)
         copy_role.add_to_policy(iam.PolicyStatement(
-            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-            resources=[self.format_arn(service="logs", resource="log-group",
-                                       resource_name="/aws/lambda/*",
+            sid="PullFromAssetRepository",
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            resources=[self.asset.repository.repository_arn]))
+        copy_role.add_to_policy(iam.PolicyStatement(
+            sid="PushToOurRepository",
+            actions=["ecr:BatchGetImage", "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
+                     "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage"],
+            resources=[self.repository.repository_arn]))
+        copy_role.add_to_policy(iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"],
+                                                    resources=["*"]))
+        copy_role.add_to_policy(iam.PolicyStatement(
+            sid="WriteLogs", actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[self.format_arn(service="logs", resource="log-group", resource_name="/aws/lambda/*",
                                        arn_format=ArnFormat.COLON_RESOURCE_NAME)],
         ))
         self.copy = ecr_deploy.ECRDeployment(
             self, "CopyImage",
             src=ecr_deploy.DockerImageName(self.asset.image_uri),
             dest=ecr_deploy.DockerImageName(self.image_uri),
-            role=copy_role,
+            role=copy_role.without_policy_updates(),
             image_arch=["amd64"],
             copy_image_index=False,  # a single-platform manifest: what SageMaker accepts
         )
