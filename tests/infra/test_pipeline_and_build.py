@@ -141,6 +141,19 @@ def test_engine_build_buildspec_comes_from_the_file(dev: Synth, sources: tuple[P
     assert yaml.safe_load(project["Source"]["BuildSpec"]) == yaml.safe_load(sources[1].read_text())
 
 
+def test_engine_build_source_zip_holds_what_the_buildspec_runs(dev: Synth) -> None:
+    files = dev.asset_manifest(dev.stacks.engine_build)["files"]
+    staged = [dev.outdir / a["source"]["path"] for a in files.values() if a["source"].get("packaging") == "zip"]
+    assert len(staged) == 1
+    root = staged[0]
+    for path in ("containers/engine_build/build.py", "containers/whisper/whisper_server/backends/base.py",
+                 "whisper_contract/engine_spec.py", "whisper_eval/clips.py", "tests/data/audio/MANIFEST.tsv"):
+        assert (root / path).is_file(), path
+    assert sorted(p.name for p in root.iterdir()) == ["containers", "tests", "whisper_contract", "whisper_eval"]
+    assert not (root / "containers" / "whisper" / "serve").exists()  # only what the build needs
+    assert not list(root.rglob("__pycache__"))
+
+
 def test_engine_build_ecr_image_is_pulled_with_the_service_role(synth_variant: Any) -> None:
     import copy
 
