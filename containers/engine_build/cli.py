@@ -2,6 +2,7 @@
 
     python -m whisper_engines build [--dry-run]      # reads ENGINE_* settings from the environment
     python -m whisper_engines start-build --env dev  # finds the CodeBuild project, starts it
+    python -m whisper_engines verify ARTIFACT_DIR    # re-check a downloaded artifact on a GPU box
 """
 
 from __future__ import annotations
@@ -70,6 +71,30 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Re-check a downloaded artifact: checksums, then (unless --checksums-only) a transcription."""
+    import json
+
+    from whisper_contract.engine_spec import MANIFEST_NAME, EngineManifest
+    from whisper_engines.storage import verify_checksums
+
+    artifact = Path(args.artifact)
+    manifest = EngineManifest.from_json((artifact / MANIFEST_NAME).read_text())
+    problems = verify_checksums(artifact, manifest)
+    if problems:
+        print("checksums: FAILED\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print(f"checksums: ok ({len(manifest.checksums)} files, version {manifest.version}, "
+          f"built on {manifest.gpu_name} {manifest.gpu_arch} with TensorRT-LLM {manifest.tensorrt_llm_version})")
+    if args.checksums_only:
+        return 0
+    from whisper_engines.verify import verify_artifact
+
+    result = verify_artifact(artifact, tritonserver=args.tritonserver)
+    print(json.dumps(result, indent=2))
+    return 0 if result["passed"] else 1
+
+
 def find_project(cloudformation: Any, env: str) -> str:
     stack = STACK_NAME.format(env=env)
     try:
@@ -117,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--tritonserver", default="tritonserver", help="for the verification run")
     b.add_argument("--dry-run", action="store_true", help="print the compile commands and stop")
     b.set_defaults(func=_build)
+    v = sub.add_parser("verify", help="check a downloaded artifact (checksums, then a transcription on this GPU)")
+    v.add_argument("artifact", help="folder holding manifest.json, engines/ and triton/")
+    v.add_argument("--tritonserver", default="tritonserver")
+    v.add_argument("--checksums-only", action="store_true")
+    v.set_defaults(func=_verify)
     s = sub.add_parser("start-build", help="start the environment's CodeBuild engine build")
     s.add_argument("--env", required=True)
     s.add_argument("--region", default=None)

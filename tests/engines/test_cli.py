@@ -106,3 +106,22 @@ def test_cli_help_lists_both_commands(capsys: pytest.CaptureFixture[str]) -> Non
         main(["--help"])
     text = capsys.readouterr().out
     assert "build" in text and "start-build" in text
+
+
+def test_verify_checksums_of_a_downloaded_artifact(tmp_path: Path, spec: EngineBuildSpec) -> None:
+    from whisper_contract.engine_spec import EngineManifest
+    from whisper_engines.storage import checksums
+
+    artifact = tmp_path / "artifact"
+    (artifact / "engines" / "decoder").mkdir(parents=True)
+    (artifact / "engines" / "decoder" / "rank0.engine").write_bytes(b"\x00engine")
+    manifest = EngineManifest(spec=spec, version="v3", tensorrt_llm_version="0.20.0", gpu_name="NVIDIA A10G",
+                              gpu_arch="sm86", git_revision="r", built_at="t", model_root="/opt/ml/model",
+                              checksums=checksums(artifact), verification={"passed": True})
+    (artifact / "manifest.json").write_text(manifest.to_json())
+    cmd = [sys.executable, "-m", "whisper_engines", "verify", "--checksums-only", str(artifact)]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0 and "checksums: ok (1 files, version v3" in ok.stdout
+    (artifact / "engines" / "decoder" / "rank0.engine").write_bytes(b"\x00truncated")
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 1 and "changed engines/decoder/rank0.engine" in bad.stderr
