@@ -234,7 +234,7 @@ class TritonBackend:
         cmd = [
             self.launch.tritonserver,
             f"--model-repository={repo}",
-            f"--grpc-address=127.0.0.1", f"--grpc-port={port}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={port}",
             "--allow-http=false", "--allow-metrics=false", "--allow-sagemaker=false",
             "--exit-on-error=true", "--disable-auto-complete-config", "--exit-timeout-secs=10",
         ]
