@@ -3,6 +3,7 @@ MODEL ?= tiny.en
 HOST ?= 127.0.0.1
 PORT ?= 8080
 DLC_OUT ?= build/dlc
+DLC_FLAGS ?=
 
 .PHONY: serve package-dlc hadolint
 
@@ -12,7 +13,7 @@ serve: ## run the Whisper server on $(HOST):$(PORT), CPU, bundled model (MODEL=t
 	$(PY) -m whisper_server --host $(HOST) --port $(PORT)
 
 package-dlc: ## build $(DLC_OUT)/model.tar.gz for the stock SageMaker PyTorch container (MODEL=, WHEELS=1 to bundle wheels)
-	$(PY) -m whisper_server.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,)
+	$(PY) -m whisper_server.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,) $(DLC_FLAGS)
 
 hadolint: ## lint both inference Dockerfiles
 	hadolint containers/whisper/Dockerfile containers/whisper/Dockerfile.cpu

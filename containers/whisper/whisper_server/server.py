@@ -32,31 +32,13 @@ from starlette.routing import Route
 from whisper_contract import CONTENT_TYPES, ContractError, ErrorCode, RequestOptions, render
 from whisper_server.backends import Backend, DecodeOptions, load_backend
 from whisper_server.backends.base import SAMPLE_RATE
+from whisper_server.negotiate import CUSTOM_ATTRIBUTES, choose_format, parse_options
 from whisper_server.pipeline import transcribe_file
 from whisper_server.settings import Settings
 
 log = logging.getLogger("whisper_server")
 
-CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
-_MIME_TO_FORMAT = {ctype.split(";")[0]: fmt for fmt, ctype in CONTENT_TYPES.items()}
 _POLL_S = 0.25
-
-
-def parse_options(query: str, custom_attributes: str | None) -> RequestOptions:
-    """Options from the query string and the custom-attributes header (same wire format);
-    a key given in both places is an error, not a silent choice."""
-    parts = [p for p in (query, (custom_attributes or "").strip()) if p]
-    return RequestOptions.from_query("&".join(parts))
-
-
-def choose_format(accept: str | None, options: RequestOptions) -> str:
-    """The Accept header if it names one of our formats, else the single requested format,
-    else JSON."""
-    for part in (accept or "").split(","):
-        mime = part.split(";")[0].strip().lower()
-        if mime in _MIME_TO_FORMAT:
-            return _MIME_TO_FORMAT[mime]
-    return options.formats[0] if len(options.formats) == 1 else "json"
 
 
 def error_response(error: ContractError, **context: object) -> Response:
