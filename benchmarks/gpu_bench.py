@@ -178,16 +178,19 @@ def correctness(out: Path) -> list[dict]:
     suppress = json.loads((WORK / "config.json").read_text())["suppress_ids"]
     backend = TorchBackend(model, Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
                            max_batch=16, use_graphs=True)
+    int8 = TorchBackend(model, Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
+                        max_batch=16, use_graphs=True, cross_int8=True)
     clips = np.load(WORK / "check_clips.npz")
     refs = json.loads((WORK / "references.json").read_text())
     names = list(refs)
     audio = [clips[n].astype(np.float32) / 32767 for n in names]
     results = backend.transcribe_chunks(audio, DecodeOptions(language="en"))
+    results8 = int8.transcribe_chunks(audio, DecodeOptions(language="en"))
     rows = []
-    for name, segs in zip(names, results):
+    for name, segs, segs8 in zip(names, results, results8):
         text = "".join(s.text for s in segs)
         r = refs[name]
-        rows.append({"clip": name, "ours_gpu": text, **r})
+        rows.append({"clip": name, "ours_gpu": text, "ours_gpu_int8kv": "".join(s.text for s in segs8), **r})
         if wer is not None:
             rows[-1].update({"wer_ours_gpu": wer(r["reference"], text),
                              "wer_faster_whisper": wer(r["reference"], r["faster_whisper_beam1"]),
@@ -231,20 +234,52 @@ class ForcedStep:
             self.pos.add_(1)
 
 
-def bench_ours(name: str, pcm: np.ndarray, batches, reps: int, bw: float) -> list[dict]:
+VARIANTS = {  # name: (compiled encoder, int8 cross-attention cache)
+    "fp16": (False, False),
+    "fp16-compiled-encoder": (True, False),
+    "int8kv-compiled-encoder": (True, True),
+}
+
+
+def check_int8_kernel() -> dict:
+    """The Triton kernel against the plain-PyTorch reference on fresh random inputs."""
+    import torch
+
+    from whisper_server.backends.torch_kernels import attend_int8, attend_int8_reference, quantize
+
+    out = {}
+    for b in (1, 64):
+        q = torch.randn(b, 20, 1, 64, device="cuda", dtype=torch.float16)
+        k = torch.randn(b, 20, 1500, 64, device="cuda", dtype=torch.float16) * 2
+        v = torch.randn(b, 20, 1500, 64, device="cuda", dtype=torch.float16)
+        k8, ks = quantize(k)
+        v8, vs = quantize(v)
+        got = attend_int8(q, k8, ks, v8, vs).float()
+        ref = attend_int8_reference(q.double(), k8, ks.double(), v8, vs.double()).float()
+        exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        out[f"batch{b}_kernel_vs_reference"] = float((got - ref).norm() / ref.norm())
+        out[f"batch{b}_int8_vs_fp32"] = float((got - exact).norm() / exact.norm())
+    print("int8 kernel check", json.dumps(out), flush=True)
+    return out
+
+
+def bench_ours(name: str, pcm: np.ndarray, batches, reps: int, bw: float, variant: str = "fp16") -> list[dict]:
     import torch
 
     from whisper_server.backends.torch_model import PRESETS, random_model
 
     dims = PRESETS[name]
     model = random_model(dims, "cuda", torch.float16)
+    compiled, int8 = VARIANTS[variant]
+    if compiled:
+        model.encoder.compile()
     records = []
     prompt = torch.tensor([[SOT, EN, TRANSCRIBE, NO_TS]], device="cuda")
     for b in batches:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         try:
-            state = model.decoder.new_state(b, ctx=PROMPT_LEN + TOKENS + 4)
+            state = model.decoder.new_state(b, ctx=PROMPT_LEN + TOKENS + 4, cross_int8=int8)
             step = ForcedStep(model.decoder, state, TOKENS)
             host = torch.from_numpy(pcm[np.arange(b) % len(pcm)]).pin_memory()
             lengths = torch.full((b,), CHUNK, device="cuda")
@@ -268,7 +303,9 @@ def bench_ours(name: str, pcm: np.ndarray, batches, reps: int, bw: float) -> lis
                     ev[2].record()
                     return step.out[:, :TOKENS].cpu().numpy()
 
+            t0 = time.perf_counter()
             once()
+            first_s = time.perf_counter() - t0
             times, enc_ms, dec_ms = [], [], []
             for _ in range(reps):
                 torch.cuda.synchronize()
@@ -285,17 +322,18 @@ def bench_ours(name: str, pcm: np.ndarray, batches, reps: int, bw: float) -> lis
             # is the floor for the decode phase.
             L, d = dims.n_text_layer, dims.n_text_state
             dec_weights = (L * 14 * d * d + dims.n_vocab * d) * 2
-            per_row = 2 * L * dims.n_audio_ctx * d * 2 + 2 * L * state.self_k.shape[3] * d * 2
+            cross_row = 2 * L * dims.n_audio_ctx * (d * 1 + 20 * 2 if int8 else d * 2)
+            per_row = cross_row + 2 * L * state.self_k.shape[3] * d * 2
             floor = (TOKENS - 1) * (dec_weights + b * per_row) / bw
-            records.append({"model": name, "impl": "ours", "batch": b, "tokens": TOKENS,
+            records.append({"model": name, "impl": "ours", "variant": variant, "batch": b, "tokens": TOKENS,
                             "rtfx": round(b * 30 / wall, 1), "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
                             "wall_s": round(wall, 4), "encode_ms": round(statistics.median(enc_ms), 2),
                             "decode_ms": round(dec_s * 1e3, 2), "decode_ms_per_step": round(dec_s * 1e3 / (TOKENS - 1), 3),
-                            "decode_bw_fraction": round(floor / dec_s, 3)})
+                            "decode_bw_fraction": round(floor / dec_s, 3), "first_call_s": round(first_s, 2)})
             print(json.dumps(records[-1]), flush=True)
             del step, state, host
         except torch.OutOfMemoryError:
-            records.append({"model": name, "impl": "ours", "batch": b, "tokens": TOKENS, "rtfx": None,
+            records.append({"model": name, "impl": "ours", "variant": variant, "batch": b, "tokens": TOKENS, "rtfx": None,
                             "peak_gb": None, "note": "out of memory"})
     del model
     torch.cuda.empty_cache()
@@ -420,20 +458,25 @@ def run(args: argparse.Namespace) -> None:
     pcm = np.load(WORK / "speech_chunks.npy")
     batches = [int(b) for b in args.batches.split(",")]
     records = []
+    if "int8kv-compiled-encoder" in args.variants:
+        result["int8_kernel_check"] = check_int8_kernel()
     for name in args.models.split(","):
-        try:
-            records += bench_ours(name, pcm, batches, args.reps, bw)
-        except Exception as e:  # keep the peer's rows even if ours breaks
-            import traceback
+        for variant in args.variants.split(","):
+            try:
+                records += bench_ours(name, pcm, batches, args.reps, bw, variant)
+            except Exception as e:  # keep the peer's rows even if ours breaks
+                import traceback
 
-            traceback.print_exc()
-            records.append({"model": name, "impl": "ours", "batch": 0, "tokens": TOKENS, "rtfx": None,
-                            "peak_gb": None, "note": f"{type(e).__name__}: {str(e)[:200]}"})
-        torch.cuda.empty_cache()
+                traceback.print_exc()
+                records.append({"model": name, "impl": "ours", "variant": variant, "batch": 0, "tokens": TOKENS,
+                                "rtfx": None, "peak_gb": None, "note": f"{type(e).__name__}: {str(e)[:200]}"})
+            torch.cuda.empty_cache()
+            (out / "gpu_bench.json").write_text(json.dumps({**result, "records": records}, indent=1))
+    for name in args.hf_models.split(","):
         for mode in args.hf_modes.split(",") if args.hf_modes else []:
             hb = batches if not mode.startswith("compile") else [b for b in batches if b in (1, 64)]
             records += run_hf_isolated(name, mode, hb, args.reps, out, args.hf_timeout)
-        (out / "gpu_bench.json").write_text(json.dumps({**result, "records": records}, indent=1))
+            (out / "gpu_bench.json").write_text(json.dumps({**result, "records": records}, indent=1))
     result["records"] = records
     (out / "gpu_bench.json").write_text(json.dumps(result, indent=1))
     print_table(result)
@@ -441,11 +484,12 @@ def run(args: argparse.Namespace) -> None:
 
 def print_table(result: dict) -> None:
     rows = result["records"]
-    print(f"\n{'model':16s} {'impl':26s} {'batch':>5s} {'rtfx':>8s} {'peak_gb':>7s} extra")
+    print(f"\n{'model':15s} {'impl':30s} {'batch':>5s} {'rtfx':>7s} {'peak_gb':>7s} extra")
     for r in rows:
-        extra = (f"enc {r['encode_ms']} ms dec {r['decode_ms_per_step']} ms/step bw {r['decode_bw_fraction']}"
-                 if "decode_ms" in r else r.get("note", "")[:60])
-        print(f"{r['model']:16s} {r['impl']:26s} {r['batch']:5d} {str(r['rtfx']):>8s} {str(r['peak_gb']):>7s} {extra}")
+        extra = (f"enc {r['encode_ms']:.0f}ms dec {r['decode_ms_per_step']}ms/step bw {r['decode_bw_fraction']}"
+                 if "decode_ms" in r else r.get("note", "")[:50])
+        impl = r["impl"] + ("/" + r["variant"] if "variant" in r else "")
+        print(f"{r['model']:15s} {impl:30s} {r['batch']:5d} {str(r['rtfx']):>7s} {str(r['peak_gb']):>7s} {extra}")
 
 
 def main() -> None:
@@ -458,6 +502,8 @@ def main() -> None:
     pr.add_argument("--models", default="large-v3-turbo,large-v3")
     pr.add_argument("--batches", default=",".join(map(str, BATCHES)))
     pr.add_argument("--hf-modes", default="eager,static")
+    pr.add_argument("--hf-models", default="large-v3-turbo,large-v3")
+    pr.add_argument("--variants", default=",".join(VARIANTS))
     pr.add_argument("--hf-timeout", type=int, default=240)
     pr.add_argument("--reps", type=int, default=3)
     pr.add_argument("--skip-check", action="store_true")

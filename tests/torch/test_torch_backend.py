@@ -129,3 +129,29 @@ def test_memory_model_picks_batches_by_gpu():
     assert max_batch_size(big, a10g) < max_batch_size(big, h100)
     assert max_batch_size(turbo, a10g) > max_batch_size(big, a10g)
     assert max_batch_size(big, 5 * 10**9) == 1  # never zero, even when nothing fits
+
+
+def test_int8_cross_cache_attention_is_close_to_fp32():
+    from whisper_server.backends.torch_kernels import attend_int8, quantize
+
+    torch.manual_seed(1)
+    q = torch.randn(2, 6, 1, 64)
+    k, v = torch.randn(2, 6, 1500, 64) * 2, torch.randn(2, 6, 1500, 64)
+    k8, ks = quantize(k)
+    v8, vs = quantize(v)
+    assert k8.dtype == torch.int8 and ks.shape == (2, 6, 1500)
+    got = attend_int8(q, k8, ks, v8, vs)
+    exact = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert float((got - exact).norm() / exact.norm()) < 2e-2
+
+
+def test_int8_cross_cache_keeps_transcripts(backend, audio):
+    """The same model with its cross-attention cache in int8: same words on the short clips."""
+    short = [a for _, a in audio[:4]]
+    fp = backend.transcribe_chunks(short, DecodeOptions(language="en"))
+    int8 = TorchBackend(backend.model, backend.tokenizer, name="tiny.en", suppress=backend._suppress.tolist(),
+                        max_batch=8, use_graphs=False, cross_int8=True)
+    q8 = int8.transcribe_chunks(short, DecodeOptions(language="en"))
+    for a, b in zip(fp, q8):
+        ta, tb = "".join(s.text for s in a), "".join(s.text for s in b)
+        assert wer(ta, tb) <= 0.2, (ta, tb)

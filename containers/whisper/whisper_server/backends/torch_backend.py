@@ -166,13 +166,14 @@ class TorchBackend:
     """Backend protocol implementation; build it with :meth:`from_model_dir`."""
 
     def __init__(self, model: Whisper, tokenizer: Tokenizer, *, name: str, suppress: Sequence[int],
-                 max_batch: int, use_graphs: bool) -> None:
+                 max_batch: int, use_graphs: bool, cross_int8: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.sp = tokenizer.specials
         self.multilingual = model.dims.n_vocab >= 51865
         self.max_batch = max_batch
         self.use_graphs = use_graphs
+        self.cross_int8 = cross_int8
         self.info = ModelInfo(model=name, backend="torch", version=torch.__version__,
                               device=str(model.device.type), compute_type=str(model.dtype).removeprefix("torch."))
         sp = self.sp
@@ -183,11 +184,15 @@ class TorchBackend:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
-                       max_batch: int | None = None, name: str | None = None) -> "TorchBackend":
+                       max_batch: int | None = None, name: str | None = None, cross_int8: bool = False,
+                       compile_encoder: bool = False) -> "TorchBackend":
         """Load a CTranslate2 (model.bin) or Hugging Face (model.safetensors) Whisper directory.
 
         device: "cuda", "cpu" or "auto"; dtype: "float16", "bfloat16" or "float32"
-        (default float16 on CUDA, float32 on CPU); max_batch: default from the memory model.
+        (default float16 on CUDA, float32 on CPU); max_batch: default from the memory model;
+        cross_int8: int8 cross-attention cache (half the bytes per decode step, see
+        torch_kernels.py); compile_encoder: torch.compile the encoder blocks (CUDA; the first
+        batch of each new size pays the compile).
         """
         import json
 
@@ -207,11 +212,14 @@ class TorchBackend:
         if max_batch is None:
             if device == "cuda":
                 total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-                max_batch = max_batch_size(model.dims, total, dtype_bytes=torch_dtype.itemsize)
+                max_batch = max_batch_size(model.dims, total, dtype_bytes=torch_dtype.itemsize,
+                                           cross_bytes=1 if cross_int8 else None)
             else:
                 max_batch = 8
+        if compile_encoder and device == "cuda":
+            model.encoder.compile()
         return cls(model, tokenizer, name=name or model_dir.name, suppress=suppress,
-                   max_batch=max_batch, use_graphs=device == "cuda")
+                   max_batch=max_batch, use_graphs=device == "cuda", cross_int8=cross_int8)
 
     # ----------------------------------------------------------------- protocol
 
@@ -328,7 +336,7 @@ class TorchBackend:
     def _runner(self, batch: int) -> StepRunner:
         if batch not in self._runners:
             # One cache + graph per bucket, kept: capture costs more than a chunk's decode.
-            state = self.model.decoder.new_state(batch)
+            state = self.model.decoder.new_state(batch, cross_int8=self.cross_int8)
             self._runners[batch] = StepRunner(self.model.decoder, state, self.use_graphs)
         return self._runners[batch]
 

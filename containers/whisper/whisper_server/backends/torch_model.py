@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .torch_kernels import attend_int8, quantize
+
 SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -159,10 +161,23 @@ class EncoderBlock(nn.Module):
         self.mlp_ln = nn.LayerNorm(d)
         self.mlp = MLP(d)
 
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.attn.split(self.attn_ln(x))
-        x = x + self.attn.merge(F.scaled_dot_product_attention(q, k, v))
-        return x + self.mlp(self.mlp_ln(x))
+    def params(self) -> tuple[Tensor, ...]:
+        a, m = self.attn, self.mlp
+        return (self.attn_ln.weight, self.attn_ln.bias, a.qkv.weight, a.qkv.bias, a.out.weight, a.out.bias,
+                self.mlp_ln.weight, self.mlp_ln.bias, m[0].weight, m[0].bias, m[2].weight, m[2].bias)
+
+
+def encoder_block(x: Tensor, heads: int, ln1w: Tensor, ln1b: Tensor, qkvw: Tensor, qkvb: Tensor, ow: Tensor,
+                  ob: Tensor, ln2w: Tensor, ln2b: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """One encoder block as a function of its weights, so that a single torch.compile'd
+    graph serves all 32 blocks (a compiled method would recompile for each module)."""
+    b, t, d = x.shape
+    h = F.layer_norm(x, (d,), ln1w, ln1b)
+    q, k, v = F.linear(h, qkvw, qkvb).view(b, t, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+    x = x + F.linear(o, ow, ob)
+    h = F.gelu(F.linear(F.layer_norm(x, (d,), ln2w, ln2b), w1, b1))
+    return x + F.linear(h, w2, b2)
 
 
 class Encoder(nn.Module):
@@ -174,13 +189,19 @@ class Encoder(nn.Module):
         self.register_buffer("positions", torch.zeros(dims.n_audio_ctx, d))
         self.blocks = nn.ModuleList(EncoderBlock(d, dims.n_audio_head) for _ in range(dims.n_audio_layer))
         self.ln_post = nn.LayerNorm(d)
+        self.heads = dims.n_audio_head
+        self.block_fn = encoder_block
+
+    def compile(self) -> None:  # type: ignore[override]
+        """Fuse each block's layer norms, GELU and residual adds (torch.compile, CUDA)."""
+        self.block_fn = torch.compile(encoder_block)
 
     def forward(self, mel: Tensor) -> Tensor:
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.positions
         for block in self.blocks:
-            x = block(x)
+            x = self.block_fn(x, self.heads, *block.params())
         return self.ln_post(x)
 
 
@@ -190,8 +211,10 @@ class DecodeState:
 
     self_k: Tensor  # [L, B, H, ctx, dh]
     self_v: Tensor
-    cross_k: Tensor  # [L, B, H, audio_ctx, dh]
+    cross_k: Tensor  # [L, B, H, audio_ctx, dh], fp16/bf16 or int8
     cross_v: Tensor
+    cross_ks: Tensor | None = None  # int8 cache only: scales [L, B, H, audio_ctx]
+    cross_vs: Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -219,7 +242,10 @@ class DecoderBlock(nn.Module):
         x = x + self.attn.merge(o)
         b, t, _ = x.shape
         q = self.cross.q(self.cross_ln(x)).view(b, t, self.cross.heads, -1).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, state.cross_k[layer], state.cross_v[layer])
+        if state.cross_ks is None:
+            o = F.scaled_dot_product_attention(q, state.cross_k[layer], state.cross_v[layer])
+        else:
+            o = attend_int8(q, state.cross_k[layer], state.cross_ks[layer], state.cross_v[layer], state.cross_vs[layer])
         x = x + self.cross.out(o.transpose(1, 2).reshape(b, t, -1))
         return x + self.mlp(self.mlp_ln(x))
 
@@ -234,18 +260,23 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(d, dims.n_text_head) for _ in range(dims.n_text_layer))
         self.ln = nn.LayerNorm(d)
 
-    def new_state(self, batch: int, ctx: int | None = None, cross_dtype: torch.dtype | None = None) -> DecodeState:
+    def new_state(self, batch: int, ctx: int | None = None, cross_int8: bool = False) -> DecodeState:
+        """Caches for ``batch`` rows and ``ctx`` positions; ``cross_int8`` halves the bytes
+        each step reads from the cross-attention cache (torch_kernels.py)."""
         dims = self.dims
         ctx = ctx or dims.n_text_ctx
         ref = self.positional_embedding
         dh = dims.n_text_state // dims.n_text_head
         L, H = dims.n_text_layer, dims.n_text_head
-        kw = dict(device=ref.device, dtype=cross_dtype or ref.dtype)
+        kw = dict(device=ref.device, dtype=torch.int8 if cross_int8 else ref.dtype)
+        scales = dict(device=ref.device, dtype=torch.float16)
         return DecodeState(
             self_k=torch.zeros(L, batch, H, ctx, dh, device=ref.device, dtype=ref.dtype),
             self_v=torch.zeros(L, batch, H, ctx, dh, device=ref.device, dtype=ref.dtype),
             cross_k=torch.zeros(L, batch, H, dims.n_audio_ctx, dh, **kw),
             cross_v=torch.zeros(L, batch, H, dims.n_audio_ctx, dh, **kw),
+            cross_ks=torch.ones(L, batch, H, dims.n_audio_ctx, **scales) if cross_int8 else None,
+            cross_vs=torch.ones(L, batch, H, dims.n_audio_ctx, **scales) if cross_int8 else None,
         )
 
     @torch.no_grad()
@@ -253,8 +284,12 @@ class Decoder(nn.Module):
         """Compute every layer's cross-attention keys/values for ``enc`` once, into ``rows``."""
         for i, block in enumerate(self.blocks):
             k, v = block.cross.keys_values(enc)
-            state.cross_k[i][rows] = k
-            state.cross_v[i][rows] = v
+            if state.cross_ks is None:
+                state.cross_k[i][rows] = k
+                state.cross_v[i][rows] = v
+            else:
+                state.cross_k[i][rows], state.cross_ks[i][rows] = quantize(k)
+                state.cross_v[i][rows], state.cross_vs[i][rows] = quantize(v)
 
     def forward(self, tokens: Tensor, start: Tensor, state: DecodeState) -> Tensor:
         """tokens [B, T] placed at positions start..start+T-1 -> logits of the last position [B, V]."""
