@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Validations
+from aws_cdk import Acknowledgment, Stack, Token, Validations
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct, IConstruct
@@ -33,13 +33,21 @@ def acknowledge(scope: IConstruct, finding: str, reason: str) -> None:
     Validations.of(scope).acknowledge(Acknowledgment(id=full, reason=reason))
 
 
+def nag_region_account(stack: Stack) -> tuple[str, str]:
+    """How cdk-nag prints the stack's region and account in finding ids: literally when the stack
+    has them (the CDK CLI always supplies a region), else as pseudo-parameter names."""
+    region = "<AWS::Region>" if Token.is_unresolved(stack.region) else stack.region
+    account = "<AWS::AccountId>" if Token.is_unresolved(stack.account) else stack.account
+    return region, account
+
+
 def s3_objects_finding(bucket_name: str, pattern: str) -> str:
     """The cdk-nag IAM5 finding id for an object wildcard in one of our named buckets.
 
     ``bucket_name`` is an ``EnvConfig.bucket_name()`` value; cdk-nag prints its pseudo
     parameters as ``<AWS::AccountId>`` and ``<AWS::Region>``.
     """
-    from aws_cdk import Aws, Token
+    from aws_cdk import Aws
 
     printed = bucket_name
     for token, name in ((Aws.ACCOUNT_ID, "<AWS::AccountId>"), (Aws.REGION, "<AWS::Region>")):

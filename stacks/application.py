@@ -80,12 +80,12 @@ def build_stacks(app: cdk.App, cfg: EnvConfig, *, buildspec_path: Path = BUILDSP
         **props("Endpoint", "SageMaker async endpoint, scaling, alarms"),
     )
     if image is not None:
-        endpoint.add_dependency(image, "the image must be copied to ECR before the model is created")
+        endpoint.add_stack_dependency(image, "the image must be copied to ECR before the model is created")
     ingestion = IngestionStack(
         app, f"{prefix}-Ingestion", cfg=cfg, key=storage.key, endpoint_name=endpoint.endpoint_name, ops_topic=storage.ops_topic,
         removal_policy=removal, **props("Ingestion", "S3 -> SQS -> trigger Lambda"),
     )
-    ingestion.add_dependency(endpoint, "the trigger invokes the endpoint by name")
+    ingestion.add_stack_dependency(endpoint, "the trigger invokes the endpoint by name")
     completion = CompletionStack(
         app, f"{prefix}-Completion", cfg=cfg, key=storage.key, success_topic=endpoint.success_topic,
         error_topic=endpoint.error_topic, ops_topic=storage.ops_topic, removal_policy=removal,
@@ -96,10 +96,10 @@ def build_stacks(app: cdk.App, cfg: EnvConfig, *, buildspec_path: Path = BUILDSP
         functions={"trigger": ingestion.trigger, "completion": completion.completer},
         **props("Operations", "dashboard"),
     )
-    operations.add_dependency(endpoint)
+    operations.add_stack_dependency(endpoint)
     stacks = WhisperStacks(storage, image, engine, endpoint, ingestion, completion, operations)
     for stack in stacks.all()[1:]:
-        stack.add_dependency(storage, "buckets are referred to by name, so CloudFormation cannot infer the order")
+        stack.add_stack_dependency(storage, "buckets are referred to by name, so CloudFormation cannot infer the order")
     for stack in stacks.all():
         cdk.Tags.of(stack).add("project", "whisper-sagemaker")
         cdk.Tags.of(stack).add("environment", cfg.name)

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import yaml
-from aws_cdk import CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack, Token
+from aws_cdk import CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
@@ -28,7 +28,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from stacks.config import EnvConfig
-from whisper_constructs.common import acknowledge, bucket_ref, retention, s3_objects_finding
+from whisper_constructs.common import acknowledge, bucket_ref, nag_region_account, retention, s3_objects_finding
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILDSPEC = REPO_ROOT / "containers" / "engine_build" / "buildspec.yml"
@@ -105,9 +105,7 @@ class EngineBuildStack(Stack):
             sid="UseDataKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]))
 
         project_id = self.get_logical_id(cfn)
-        # cdk-nag prints the region and account literally when the stack has them, else as tokens.
-        region = "<AWS::Region>" if Token.is_unresolved(self.region) else self.region
-        account = "<AWS::AccountId>" if Token.is_unresolved(self.account) else self.account
+        region, account = nag_region_account(self)
         models = cfg.bucket_name("models")
         for finding, reason in [
             *((s3_objects_finding(models, f"{p}*"), "the build reads every file of the configured weights/adapter")

@@ -26,7 +26,7 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from stacks.config import EnvConfig
-from whisper_constructs.common import acknowledge
+from whisper_constructs.common import acknowledge, nag_region_account
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "containers/whisper/Dockerfile"
@@ -101,7 +101,8 @@ class ImageStack(Stack):
         acknowledge(copy_role, "AwsSolutions-IAM5[Resource::*]", "ecr:GetAuthorizationToken has no resource-level permissions; every other ECR action is scoped "
                    "to the CDK asset repository and ours",
         )
-        acknowledge(copy_role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/lambda/*]", "cdk-ecr-deployment creates its singleton Lambda's log group on first run under a name we cannot "
+        region, account = nag_region_account(self)
+        acknowledge(copy_role, f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:{region}:{account}:log-group:/aws/lambda/*]", "cdk-ecr-deployment creates its singleton Lambda's log group on first run under a name we cannot "
                    "know at synth; scoped to Lambda log groups of this account and region",
         )
         CfnOutput(self, "ImageUri", value=self.image_uri)

@@ -95,12 +95,13 @@ def any_env(request: pytest.FixtureRequest) -> Synth:
 def synth_variant(tmp_path_factory: pytest.TempPathFactory, sources: tuple[Path, Path]):  # type: ignore[no-untyped-def]
     """Synthesize a variant of an environment: ``synth_variant("dev", {"packaging": "dlc"}, region=...)``."""
 
-    def make(env: str, changes: dict[str, Any], *, region: str | None = None) -> Synth:
+    def make(env: str, changes: dict[str, Any], *, region: str | None = None,
+             account: str | None = "111111111111") -> Synth:
         ctx = cdk_context()
         envs = dict(ctx["environments"])
         envs[env] = {**envs[env], **changes}
         envs[env] = {k: v for k, v in envs[env].items() if v is not None}
         return synth_env(env, tmp_path_factory.mktemp(f"cdk-{env}-variant"), sources,
-                         {**ctx, "environments": envs}, account="111111111111" if region else None, region=region)
+                         {**ctx, "environments": envs}, account=account if region else None, region=region)
 
     return make

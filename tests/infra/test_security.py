@@ -50,6 +50,15 @@ def test_cdk_nag_has_zero_unacknowledged_findings_and_every_acknowledgement_has_
             assert finding["acknowledgedId"].startswith("AwsSolutions::AwsSolutions-IAM5["), finding
 
 
+@pytest.mark.parametrize("account", [None, "111111111111"])
+def test_nag_acknowledgements_hold_when_the_cli_supplies_a_region(synth_variant: Any, account: str | None) -> None:
+    """The CDK CLI always sets a region (us-east-1 by default), with or without an account; cdk-nag
+    then prints them literally in finding ids. Synth fails on any finding that does not match."""
+    synth = synth_variant("dev", {}, region="us-east-1", account=account)
+    report = json.loads((synth.outdir / "validation-report.json").read_text())
+    assert report["pluginReports"][0]["violations"] == []
+
+
 def test_cfn_lint_finds_nothing(any_env: Synth) -> None:
     problems = []
     for name, template in templates(any_env):
