@@ -44,3 +44,12 @@ def test_build_requirements_are_pinned_and_leave_the_image_stack_alone() -> None
     assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.]+", line) for line in lines)
     names = {line.split("==")[0].split("[")[0].lower() for line in lines}
     assert not names & {"torch", "transformers", "tokenizers", "numpy", "tensorrt", "tensorrt-llm"}
+
+
+def test_codebuild_source_zip_holds_what_the_buildspec_needs() -> None:
+    import pytest
+
+    pytest.importorskip("aws_cdk")
+    from stacks.engine_build import SOURCE_ALLOW
+
+    assert set(SOURCE_PATHS) <= set(SOURCE_ALLOW)
