@@ -104,8 +104,6 @@ def build_stacks(app: cdk.App, cfg: EnvConfig, *, buildspec_path: Path = BUILDSP
         cdk.Tags.of(stack).add("project", "whisper-sagemaker")
         cdk.Tags.of(stack).add("environment", cfg.name)
     if nag:
-        from stacks.nag import acknowledge_findings
-
-        acknowledge_findings(stacks)
+        # Every acknowledgement sits next to the code it concerns (see whisper_constructs.common.acknowledge).
         cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return stacks
