@@ -86,6 +86,16 @@ class StorageStack(Stack):
         # Alarms from every stack go here; subscribers come from config.
         self.ops_topic = sns.Topic(self, "OpsTopic", display_name=f"whisper {cfg.name} operations",
                                    master_key=self.key, enforce_ssl=True)
+        # enforce_ssl gives the topic a resource policy, which replaces SNS's default one: say
+        # explicitly that this account's CloudWatch alarms may publish.
+        self.ops_topic.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowThisAccountsAlarms",
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            actions=["sns:Publish"],
+            resources=[self.ops_topic.topic_arn],
+            conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                        "ArnLike": {"aws:SourceArn": f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:{Aws.ACCOUNT_ID}:alarm:*"}},
+        ))
         for email in cfg.alarm_emails:
             self.ops_topic.add_subscription(subs.EmailSubscription(email))
 
@@ -107,11 +117,19 @@ class StorageStack(Stack):
         same_account = {"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}}
         self.key.add_to_resource_policy(iam.PolicyStatement(
             sid="AllowAwsServicesInThisAccount",
-            principals=[iam.ServicePrincipal("s3.amazonaws.com"), iam.ServicePrincipal("sns.amazonaws.com"),
-                        iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            principals=[iam.ServicePrincipal("s3.amazonaws.com"), iam.ServicePrincipal("sns.amazonaws.com")],
             actions=["kms:GenerateDataKey*", "kms:Decrypt"],
             resources=["*"],  # in a key policy, "*" means this key
             conditions=same_account,
+        ))
+        # AWS's documented statement for alarms publishing to an encrypted topic has no condition
+        # (no evidence that CloudWatch passes aws:SourceAccount to KMS); the topic policy below
+        # limits who may publish.
+        self.key.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowCloudWatchAlarmsToPublishEncrypted",
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+            actions=["kms:GenerateDataKey*", "kms:Decrypt"],
+            resources=["*"],
         ))
         self.key.add_to_resource_policy(iam.PolicyStatement(
             sid="AllowCloudWatchLogsForThisAccountsLogGroups",

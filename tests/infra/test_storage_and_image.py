@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_cdk.assertions import Match
@@ -73,6 +74,16 @@ def test_removal_policy_follows_the_environment(dev: Synth, prod: Synth) -> None
     assert prod.stacks.storage.termination_protection and not dev.stacks.storage.termination_protection
 
 
+def test_ops_topic_policy_lets_this_accounts_alarms_publish_over_tls(dev: Synth) -> None:
+    policy = next(v for v in dev.template_json(dev.stacks.storage)["Resources"].values()
+                  if v["Type"] == "AWS::SNS::TopicPolicy")
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    allow = next(s for s in statements if s.get("Sid") == "AllowThisAccountsAlarms")
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"} and allow["Action"] == "sns:Publish"
+    assert set(allow["Condition"]) == {"StringEquals", "ArnLike"}
+    assert any(s["Effect"] == "Deny" and "aws:SecureTransport" in json.dumps(s) for s in statements)
+
+
 def test_ops_topic_is_encrypted_and_subscribes_the_config_emails(dev: Synth, prod: Synth) -> None:
     prod.template(prod.stacks.storage).has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
     prod.template(prod.stacks.storage).has_resource_properties(
@@ -85,8 +96,10 @@ def test_key_policy_lets_only_this_accounts_services_use_the_key(dev: Synth) -> 
     statements = {s.get("Sid"): s for s in key["Properties"]["KeyPolicy"]["Statement"]}
     services = statements["AllowAwsServicesInThisAccount"]
     assert services["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
-    assert sorted(services["Principal"]["Service"]) == ["cloudwatch.amazonaws.com", "s3.amazonaws.com",
-                                                        "sns.amazonaws.com"]
+    assert sorted(services["Principal"]["Service"]) == ["s3.amazonaws.com", "sns.amazonaws.com"]
+    alarms = statements["AllowCloudWatchAlarmsToPublishEncrypted"]
+    assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert alarms["Action"] == ["kms:Decrypt", "kms:GenerateDataKey*"]
     assert "ArnLike" in statements["AllowCloudWatchLogsForThisAccountsLogGroups"]["Condition"]
 
 
