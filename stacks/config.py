@@ -387,7 +387,9 @@ def load_env_config(context: Mapping[str, Any], env_name: str | None, *, account
     """Pick ``environments.<env_name>`` out of the app context and validate it."""
     envs = context.get("environments")
     if not isinstance(envs, Mapping) or not envs:
-        raise ConfigError("cdk.json context environments is missing: it must map environment names to settings")
+        raise ConfigError("cdk.json context environments is missing: it must map environment names to settings "
+                          "(run the app through the CDK CLI, e.g. `npx cdk synth -c env=dev`; `python app.py` "
+                          "alone does not read cdk.json)")
     allowed = ", ".join(sorted(envs))
     bad = [name for name in envs if not _ENV_NAME_RE.match(name)]
     if bad:

@@ -151,3 +151,14 @@ def test_cdk_cli_reports_a_bad_environment_through_app_py() -> None:
     )
     assert result.returncode != 0
     assert "configuration error: context env must be one of dev, prod; got 'staging'" in result.stderr + result.stdout
+
+
+def test_python_app_py_alone_explains_how_to_run_it() -> None:
+    import sys
+
+    env = {**os.environ, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    env.pop("CDK_CONTEXT_JSON", None)
+    result = subprocess.run([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "`python app.py` alone does not read cdk.json" in result.stderr
