@@ -492,6 +492,60 @@ def print_table(result: dict) -> None:
         print(f"{r['model']:15s} {impl:30s} {r['batch']:5d} {str(r['rtfx']):>7s} {str(r['peak_gb']):>7s} {extra}")
 
 
+def merge(paths: list[str], target: Path) -> dict:
+    """Several device runs of one session into one results file, correctness scored here
+    (the device image has no whisper_normalizer). Later runs' rows replace earlier ones."""
+    from whisper_eval.wer import wer
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rows: dict[tuple, dict] = {}
+    for run_ in runs:
+        for r in run_["records"]:
+            rows[(r["model"], r["impl"], r.get("variant", ""), r["batch"])] = r
+    checks = [r for run_ in runs for r in run_.get("correctness", [])]
+    scored = {}
+    for r in checks:  # the last run's check of each clip wins
+        s = {"clip": r["clip"], "reference": r["reference"], "faster_whisper_cpu": r["faster_whisper_beam1"],
+             "ours_gpu": r["ours_gpu"], "wer_faster_whisper_cpu": round(wer(r["reference"], r["faster_whisper_beam1"]), 4),
+             "wer_faster_whisper_cpu_beam5": round(wer(r["reference"], r["faster_whisper_beam5"]), 4),
+             "wer_ours_gpu": round(wer(r["reference"], r["ours_gpu"]), 4),
+             "ours_gpu_equals_ours_cpu": r["ours_gpu"] == r["ours_cpu_carried_weights"]}
+        if "ours_gpu_int8kv" in r:
+            s["wer_ours_gpu_int8kv"] = round(wer(r["reference"], r["ours_gpu_int8kv"]), 4)
+            s["int8kv_equals_fp16"] = r["ours_gpu_int8kv"] == r["ours_gpu"]
+        s["wer_difference"] = round(s["wer_ours_gpu"] - s["wer_faster_whisper_cpu"], 4)
+        scored[r["clip"]] = s
+    out = {"env": runs[-1]["env"], "runs": [r["env"] for r in runs],
+           "int8_kernel_check": next((r["int8_kernel_check"] for r in runs if "int8_kernel_check" in r), None),
+           "correctness": list(scored.values()), "records": list(rows.values())}
+    target.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The tables for docs/benchmarks.md."""
+    recs = [r for r in result["records"] if r["batch"]]
+    lines = ["| model | impl | " + " | ".join(f"b={b}" for b in BATCHES) + " |", "|---|---|" + "---|" * len(BATCHES)]
+    keys = []
+    for r in recs:
+        k = (r["model"], r["impl"] + (f" ({r['variant']})" if r.get("variant") else ""))
+        if k not in keys:
+            keys.append(k)
+    for model, impl in keys:
+        cells = []
+        for b in BATCHES:
+            r = next((r for r in recs if r["model"] == model and r["batch"] == b
+                      and r["impl"] + (f" ({r['variant']})" if r.get("variant") else "") == impl), None)
+            if r is None:
+                cells.append("-")
+            elif r["rtfx"] is None:
+                cells.append("fail" if "out of memory" not in r.get("note", "") else "OOM")
+            else:
+                cells.append(f"{r['rtfx']:,.0f}x / {r['peak_gb']} GB")
+        lines.append(f"| {model} | {impl} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -515,6 +569,9 @@ def main() -> None:
     pc.add_argument("--child-out")
     pt = sub.add_parser("table")
     pt.add_argument("json")
+    pm = sub.add_parser("merge")
+    pm.add_argument("target")
+    pm.add_argument("runs", nargs="+")
     args = p.parse_args()
     if args.cmd == "prepare":
         prepare(args)
@@ -522,6 +579,8 @@ def main() -> None:
         run(args)
     elif args.cmd == "hf-child":
         hf_child(args)
+    elif args.cmd == "merge":
+        print(markdown(merge(args.runs, Path(args.target))))
     else:
         print_table(json.loads(Path(args.json).read_text()))
 
