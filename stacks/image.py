@@ -6,11 +6,13 @@ bootstrap repository; ``cdk-ecr-deployment`` then copies it to our own repositor
 immutable, content-addressed tag. docs/infrastructure.md holds the evidence for choosing
 cdk-ecr-deployment over cdk-docker-image-deployment.
 
-Provenance: SageMaker rejects OCI image indexes, which BuildKit produces when it attaches
-its default provenance attestation. aws-cdk-lib 2.275 has no DockerImageAsset property for
-``--provenance`` (the CLI's ``docker build`` command line has no such flag either), so
-``make deploy`` sets ``BUILDX_NO_DEFAULT_ATTESTATIONS=1`` (Docker's documented switch) and the
-asset pins one platform; the copy step also selects the single amd64 manifest.
+Provenance: SageMaker accepts only Docker v2 image manifests: it rejects OCI image indexes
+(which BuildKit produces when it attaches its default provenance attestation) and OCI
+manifests. aws-cdk-lib 2.275 has no DockerImageAsset property for ``--provenance`` (the CLI's
+``docker build`` command line has no such flag either), so ``make deploy`` sets
+``BUILDX_NO_DEFAULT_ATTESTATIONS=1`` (Docker's documented switch); the asset pins one platform
+and asks for the docker exporter with Docker media types (``--output=type=docker,
+oci-mediatypes=false``); the copy step also selects the single amd64 manifest.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ DOCKERFILE = "containers/whisper/Dockerfile"
 CONTEXT_ALLOW = ("containers/whisper", "whisper_contract")
 ASSET_EXCLUDE = ["*", *(f"!{p}" for p in CONTEXT_ALLOW), "**/__pycache__", "**/*.pyc"]
 PLATFORM = assets.Platform.LINUX_AMD64
+DOCKER_OUTPUTS = ("type=docker,oci-mediatypes=false",)
 
 
 class ImageStack(Stack):
@@ -51,6 +54,9 @@ class ImageStack(Stack):
             directory=str(context_dir),
             file=dockerfile,
             platform=PLATFORM,
+            # Docker (v2 schema 2) media types: SageMaker also rejects OCI image manifests, which a
+            # containerd image store produces by default.
+            outputs=list(DOCKER_OUTPUTS),
             exclude=ASSET_EXCLUDE,
             ignore_mode=IgnoreMode.DOCKER,  # .dockerignore semantics: '*' then '!dir' is an allow-list
             display_name=f"whisper-serving-{cfg.name}",

@@ -112,10 +112,11 @@ def test_image_asset_is_single_platform_from_the_whisper_dockerfile(dev: Synth) 
     assert len(images) == 1
     source = next(iter(images.values()))["source"]
     assert source["dockerFile"] == "containers/whisper/Dockerfile"
-    # One platform, no custom outputs: with BUILDX_NO_DEFAULT_ATTESTATIONS=1 (make deploy) the
-    # build pushes a plain image manifest, not an OCI index with a provenance attestation.
+    # One platform, the docker exporter with Docker media types, and (make deploy)
+    # BUILDX_NO_DEFAULT_ATTESTATIONS=1: a plain v2 manifest, not an OCI index with a provenance
+    # attestation. cdk-assets turns dockerOutputs into `docker build --output=<value>`.
     assert source["platform"] == "linux/amd64"
-    assert "dockerOutputs" not in source
+    assert source["dockerOutputs"] == ["type=docker,oci-mediatypes=false"]
     staged = dev.outdir / source["directory"]
     assert sorted(p.name for p in staged.iterdir()) == ["containers", "whisper_contract"]
     assert sorted(p.name for p in (staged / "containers").iterdir()) == ["whisper"]
