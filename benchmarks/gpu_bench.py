@@ -492,6 +492,88 @@ def print_table(result: dict) -> None:
         print(f"{r['model']:15s} {impl:30s} {r['batch']:5d} {str(r['rtfx']):>7s} {str(r['peak_gb']):>7s} {extra}")
 
 
+def _category(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("flash", "fmha", "attention", "_cross_int8", "softmax")):
+        return "attention"
+    if any(k in n for k in ("gemm", "gemv", "cutlass", "xmma", "sm90", "splitk", "dot_kernel")):
+        return "matmul (weights)"
+    if "layer_norm" in n or "layernorm" in n:
+        return "layer norm"
+    if any(k in n for k in ("elementwise", "index", "copy", "fill", "cat", "gelu", "reduce", "argmax", "triton")):
+        return "elementwise/copies"
+    return "other"
+
+
+def profile(args: argparse.Namespace) -> None:
+    """Where a large-v3 decode step and the encoder spend device time (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    from whisper_server.backends.torch_model import PRESETS, random_model
+
+    out = Path(args.out or os.environ.get("OUT", "."))
+    model = random_model(PRESETS["large-v3"], "cuda", torch.float16)
+    report: dict = {"env": _env()}
+    for b in (1, 64):
+        state = model.decoder.new_state(b, ctx=PROMPT_LEN + TOKENS + 4)
+        model.decoder.set_cross(state, torch.randn(b, 1500, 1280, device="cuda", dtype=torch.float16))
+        step = ForcedStep(model.decoder, state, TOKENS)
+        step.pos.fill_(PROMPT_LEN)
+        for _ in range(5):
+            step.graph.replay()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(50):
+            step.graph.replay()
+        torch.cuda.synchronize()
+        graph_ms = (time.perf_counter() - t) / 50 * 1e3
+        tok = torch.zeros(b, 1, dtype=torch.long, device="cuda")
+        pos = torch.tensor([PROMPT_LEN + 60], device="cuda")
+        with torch.no_grad():
+            for _ in range(3):
+                model.decoder(tok, pos, state)
+            torch.cuda.synchronize()
+            with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    model.decoder(tok, pos, state)
+                torch.cuda.synchronize()
+        report[f"decode_step_batch{b}"] = _summarise(prof, 5, {"graph_step_ms": round(graph_ms, 3)})
+        del step, state
+        torch.cuda.empty_cache()
+    mel = torch.randn(64, 128, 3000, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        model.encoder(mel)
+        torch.cuda.synchronize()
+        with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            model.encoder(mel)
+            torch.cuda.synchronize()
+    report["encoder_batch64_eager"] = _summarise(prof, 1, {})
+    (out / "profile.json").write_text(json.dumps(report, indent=1))
+    for k, v in report.items():
+        if k != "env":
+            print(k, json.dumps({c: v["by_category_ms"][c] for c in v["by_category_ms"]}), v.get("graph_step_ms", ""))
+            for row in v["top"][:6]:
+                print("   ", row)
+
+
+def _summarise(prof, reps: int, extra: dict) -> dict:
+    by_cat: dict[str, float] = {}
+    by_name: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        ms = e.time_range.elapsed_us() / 1e3 / reps
+        by_cat[_category(e.name)] = by_cat.get(_category(e.name), 0.0) + ms
+        agg = by_name.setdefault(e.name[:90], [0.0, 0])
+        agg[0] += ms
+        agg[1] += 1
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:12]
+    return {**extra, "kernel_ms_total": round(sum(by_cat.values()), 3),
+            "by_category_ms": {k: round(v, 3) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+            "top": [[n, round(t, 3), c // reps] for n, (t, c) in top]}
+
+
 def merge(paths: list[str], target: Path) -> dict:
     """Several device runs of one session into one results file, correctness scored here
     (the device image has no whisper_normalizer). Later runs' rows replace earlier ones."""
@@ -569,6 +651,8 @@ def main() -> None:
     pc.add_argument("--child-out")
     pt = sub.add_parser("table")
     pt.add_argument("json")
+    pf = sub.add_parser("profile")
+    pf.add_argument("--out")
     pm = sub.add_parser("merge")
     pm.add_argument("target")
     pm.add_argument("runs", nargs="+")
@@ -579,6 +663,8 @@ def main() -> None:
         run(args)
     elif args.cmd == "hf-child":
         hf_child(args)
+    elif args.cmd == "profile":
+        profile(args)
     elif args.cmd == "merge":
         print(markdown(merge(args.runs, Path(args.target))))
     else:
