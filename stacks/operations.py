@@ -15,6 +15,7 @@ from whisper_constructs.async_scaling import VARIANT, endpoint_metric
 from whisper_constructs.queue_function import QueueFedFunction
 
 WIDTH = 8
+INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
 
 
 class OperationsStack(Stack):
@@ -22,11 +23,14 @@ class OperationsStack(Stack):
                  functions: dict[str, QueueFedFunction], **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
         m = endpoint_metric
-        instances = cw.Metric(
-            namespace="AWS/SageMaker", metric_name="CPUUtilization", statistic="SampleCount",
-            dimensions_map={"EndpointName": endpoint_name, "VariantName": VARIANT}, period=Duration.minutes(1),
-            label="instances reporting (SampleCount of CPUUtilization / 1 min)",
-        )
+        # Instance metrics live in their own namespace, per variant; each running instance reports
+        # CPUUtilization once a minute, so its SampleCount is the instance count.
+        def instance_metric(name: str, statistic: str, label: str) -> cw.Metric:
+            return cw.Metric(namespace=INSTANCE_NAMESPACE, metric_name=name, statistic=statistic,
+                             dimensions_map={"EndpointName": endpoint_name, "VariantName": VARIANT},
+                             period=Duration.minutes(1), label=label)
+
+        instances = instance_metric("CPUUtilization", "SampleCount", "instances (SampleCount of CPUUtilization)")
         self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"whisper-{cfg.name}")
         self.dashboard.add_widgets(
             cw.GraphWidget(title="Backlog", width=WIDTH, left=[
@@ -37,8 +41,10 @@ class OperationsStack(Stack):
                            left=[m(endpoint_name, "ApproximateAgeOfOldestRequest", "Maximum")],
                            left_annotations=[cw.HorizontalAnnotation(value=cfg.oldest_request_alarm_s,
                                                                      label="alarm")]),
-            cw.GraphWidget(title="Instances", width=WIDTH, left=[instances],
-                           left_annotations=[cw.HorizontalAnnotation(value=cfg.max_instances, label="max")]),
+            cw.GraphWidget(title="Instances and GPU", width=WIDTH, left=[instances],
+                           left_annotations=[cw.HorizontalAnnotation(value=cfg.max_instances, label="max")],
+                           right=[instance_metric("GPUUtilization", "Average", "GPU utilization %"),
+                                  instance_metric("GPUMemoryUtilization", "Average", "GPU memory %")]),
         )
         self.dashboard.add_widgets(
             cw.GraphWidget(title="Invocation failures", width=WIDTH, left=[

@@ -179,6 +179,8 @@ def test_dashboard_covers_the_operational_signals(dev: Synth) -> None:
                    "ApproximateAgeOfOldestRequest", "Invocation4XXErrors", "Invocation5XXErrors", "ModelLatency",
                    "CPUUtilization", "Errors", "Throttles", "ApproximateNumberOfMessagesVisible"):
         assert f'\\"{metric}\\"' in body, metric
+    assert '\\"/aws/sagemaker/Endpoints\\",\\"CPUUtilization\\"' in body  # instance metrics' namespace
+    assert "GPUUtilization" in body
     # Async endpoints do not publish these; a widget on them would stay empty forever.
     for absent in ("\\\"Invocations\\\",\\\"EndpointName", "InvocationsPerInstance", "OverheadLatency"):
         assert absent not in body
