@@ -64,8 +64,13 @@ class IngestionStack(Stack):
         input_bucket.add_event_notification(s3.EventType.OBJECT_CREATED, s3n.SqsDestination(self.trigger.queue))
 
         add = self.trigger.role.add_to_policy
-        add(iam.PolicyStatement(sid="ReadInput", actions=["s3:GetObject"],
+        # HeadObject on a versioned key needs GetObjectVersion.
+        add(iam.PolicyStatement(sid="ReadInput", actions=["s3:GetObject", "s3:GetObjectVersion"],
                                 resources=[input_bucket.arn_for_objects("*")]))
+        # Without ListBucket S3 answers 403 instead of 404 for a missing key: a first-time job
+        # lookup or a deleted upload would then retry into the DLQ instead of being handled.
+        add(iam.PolicyStatement(sid="TellMissingFromForbidden", actions=["s3:ListBucket"],
+                                resources=[input_bucket.bucket_arn, output_bucket.bucket_arn]))
         add(iam.PolicyStatement(sid="JobRecords", actions=["s3:GetObject", "s3:PutObject"],
                                 resources=[output_bucket.arn_for_objects(keys.JOBS_PREFIX + "*")]))
         add(iam.PolicyStatement(sid="ErrorRecords", actions=["s3:PutObject"],
@@ -133,6 +138,8 @@ class CompletionStack(Stack):
                                 resources=[output_bucket.arn_for_objects("*" + keys.ERROR_SUFFIX)]))
         add(iam.PolicyStatement(sid="HeadInput", actions=["s3:GetObject"],
                                 resources=[input_bucket.arn_for_objects("*")]))
+        add(iam.PolicyStatement(sid="TellMissingFromForbidden", actions=["s3:ListBucket"],
+                                resources=[input_bucket.bucket_arn, output_bucket.bucket_arn]))
         add(iam.PolicyStatement(sid="UseDataKey", actions=["kms:Decrypt", "kms:GenerateDataKey"],
                                 resources=[key.key_arn]))
         _acknowledge_common(self.completer, cfg.tracing)

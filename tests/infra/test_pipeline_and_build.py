@@ -80,7 +80,9 @@ def test_trigger_permissions_are_scoped(dev: Synth) -> None:
     s = statements(dev, dev.stacks.ingestion)
     assert s["InvokeEndpoint"]["Action"] == "sagemaker:InvokeEndpointAsync"
     assert "endpoint/whisper-dev" in json.dumps(s["InvokeEndpoint"]["Resource"])
-    assert s["ReadInput"]["Action"] == "s3:GetObject" and "whisper-dev-input-" in json.dumps(s["ReadInput"])
+    assert s["ReadInput"]["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
+    assert "whisper-dev-input-" in json.dumps(s["ReadInput"])
+    _assert_lists_only_the_two_buckets(s)
     assert s["JobRecords"]["Action"] == ["s3:GetObject", "s3:PutObject"]
     assert "/_jobs/*" in json.dumps(s["JobRecords"]["Resource"])
     assert "/*.error.json" in json.dumps(s["ErrorRecords"]["Resource"])
@@ -105,6 +107,15 @@ def test_completion_topics_to_sqs_with_raw_delivery_to_completer(dev: Synth) -> 
     assert s["WriteResults"]["Action"] == "s3:PutObject"
     assert s["ClearStaleErrorRecords"]["Action"] == "s3:DeleteObject"
     assert "whisper-dev-input-" in json.dumps(s["HeadInput"]["Resource"])
+    _assert_lists_only_the_two_buckets(s)
+
+
+def _assert_lists_only_the_two_buckets(s: dict) -> None:
+    """ListBucket turns a missing key's 403 into a 404; on the two pipeline buckets only."""
+    listing = s["TellMissingFromForbidden"]
+    assert listing["Action"] == "s3:ListBucket"
+    text = json.dumps(listing["Resource"])
+    assert "whisper-dev-input-" in text and "whisper-dev-output-" in text and "/*" not in text
 
 
 def test_engine_build_project_gpu_image_compute_env_and_role(dev: Synth) -> None:
