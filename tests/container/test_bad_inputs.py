@@ -83,6 +83,10 @@ def test_bad_body(tiny_server, flac, case, code, status):
         "noise": flac((rng.standard_normal(16_000 * 5) * 0.001).astype(np.float32)),
     }
     _expect(tiny_server.post(bodies[case]), code, status)
+    assert tiny_server.ping().status_code == 200
+
+
+def test_healthy_after_all_bad_bodies(tiny_server):
     _healthy(tiny_server)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from importlib.metadata import version
 from typing import Any, Sequence
 
 import ctranslate2
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import TranscriptionOptions, get_compression_ratio, get_suppressed_tokens
@@ -80,6 +81,7 @@ class FasterWhisperBackend:
             local_files_only=True,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
+        self._local = threading.local()
         self.info = ModelInfo(
             model=settings.label,
             backend="faster-whisper",
@@ -92,8 +94,12 @@ class FasterWhisperBackend:
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         if not self.multilingual:
             return "en", 1.0
-        language, probability, _ = self.model.detect_language(audio=audio[:CHUNK_SAMPLES])
-        return language, float(probability)
+        encoder_output = self._encode([audio[:CHUNK_SAMPLES]])
+        # The pipeline decodes this same chunk next: keep its encoding (this thread only)
+        # instead of running the encoder, the costliest step on a CPU, twice.
+        self._local.encoded = (audio, encoder_output)
+        token, probability = self.model.model.detect_language(encoder_output)[0][0]
+        return token[2:-2], float(probability)
 
     def transcribe_chunks(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
         if not chunks:
@@ -101,10 +107,13 @@ class FasterWhisperBackend:
         tokenizer = Tokenizer(self.model.hf_tokenizer, self.multilingual, task=options.task,
                               language=options.language)
         topts = self._options(tokenizer, options)
-        extractor = self.model.feature_extractor
-        features = np.stack([pad_or_trim(extractor(chunk)[..., :-1]) for chunk in chunks])
-        pipeline = BatchedInferencePipeline(self.model)
-        encoder_output, outputs = pipeline.generate_segment_batched(features, tokenizer, topts)
+        cached_audio, cached = getattr(self._local, "encoded", (None, None))
+        self._local.encoded = (None, None)
+        if len(chunks) == 1 and chunks[0] is cached_audio:
+            encoder_output = cached
+        else:
+            encoder_output = self._encode(chunks)
+        outputs = self._generate(encoder_output, len(chunks), tokenizer, topts)
 
         durations = [len(chunk) / SAMPLE_RATE for chunk in chunks]
         texts = [[t for t in out["tokens"] if t < tokenizer.eot] for out in outputs]
@@ -148,6 +157,32 @@ class FasterWhisperBackend:
         self.model = None  # type: ignore[assignment]
 
     # --- helpers ------------------------------------------------------------------------
+    def _encode(self, chunks: Sequence[np.ndarray]) -> Any:
+        extractor = self.model.feature_extractor
+        return self.model.encode(np.stack([pad_or_trim(extractor(chunk)[..., :-1]) for chunk in chunks]))
+
+    def _generate(self, encoder_output: Any, batch: int, tokenizer: Tokenizer,
+                  options: TranscriptionOptions) -> list[dict[str, Any]]:
+        """One batched beam search: what BatchedInferencePipeline.generate_segment_batched
+        does after its encode."""
+        prompt = self.model.get_prompt(
+            tokenizer,
+            previous_tokens=tokenizer.encode(options.initial_prompt) if options.initial_prompt else [],
+            without_timestamps=options.without_timestamps, hotwords=options.hotwords)
+        results = self.model.model.generate(
+            encoder_output, [list(prompt) for _ in range(batch)], beam_size=options.beam_size,
+            patience=options.patience, length_penalty=options.length_penalty, max_length=self.model.max_length,
+            suppress_blank=options.suppress_blank, suppress_tokens=options.suppress_tokens,
+            return_scores=True, return_no_speech_prob=True, sampling_temperature=options.temperatures[0],
+            repetition_penalty=options.repetition_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size)
+        outputs = []
+        for result in results:
+            seq_len = len(result.sequences_ids[0])
+            cum_logprob = result.scores[0] * (seq_len ** options.length_penalty)
+            outputs.append(dict(avg_logprob=cum_logprob / (seq_len + 1), no_speech_prob=result.no_speech_prob,
+                                tokens=result.sequences_ids[0]))
+        return outputs
+
     def _options(self, tokenizer: Tokenizer, options: DecodeOptions) -> TranscriptionOptions:
         return TranscriptionOptions(
             beam_size=options.beam_size, best_of=5, patience=1.0, length_penalty=1.0,
