@@ -26,12 +26,14 @@ queries = st.one_of(
 
 @FAST
 @given(query=queries)
-def test_options_parse_or_refuse_and_round_trip(query: str) -> None:
+def test_options_parse_or_refuse_and_round_trip(tally, query: str) -> None:
     try:
         options = RequestOptions.from_query(query)
     except ContractError as exc:
         assert exc.code == ErrorCode.BAD_OPTION and exc.status == 400 and exc.message
+        tally("contract-options").add("refused: bad_option")
         return
+    tally("contract-options").add("accepted")
     again = RequestOptions.from_query(options.to_query())
     assert again == options
     try:
@@ -45,7 +47,8 @@ def test_options_parse_or_refuse_and_round_trip(query: str) -> None:
 @FAST
 @given(bucket=st.from_regex(r"\A[a-z0-9][a-z0-9.-]{2,20}\Z"), key=st.text(min_size=1, max_size=300),
        version=st.one_of(st.none(), st.text(max_size=40)))
-def test_keys_never_collide_or_escape(bucket: str, key: str, version: str | None) -> None:
+def test_keys_never_collide_or_escape(tally, bucket: str, key: str, version: str | None) -> None:
+    tally("contract-keys").add("checked")
     iid = inference_id(bucket, key, version)
     assert len(iid) <= 64 and SAGEMAKER_ID.match(iid)
     assert parse_s3_uri(s3_uri(bucket, key)) == (bucket, key)
