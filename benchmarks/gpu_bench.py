@@ -176,9 +176,9 @@ def correctness(out: Path) -> list[dict]:
     dims = Dims(**json.loads((WORK / "dims.json").read_text()))
     model = build(dims, unpack_weights(WORK), "cuda", torch.float16)
     suppress = json.loads((WORK / "config.json").read_text())["suppress_ids"]
-    backend = TorchBackend(model, Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
+    backend = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
                            max_batch=16, use_graphs=True)
-    int8 = TorchBackend(model, Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
+    int8 = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
                         max_batch=16, use_graphs=True, cross_int8=True)
     clips = np.load(WORK / "check_clips.npz")
     refs = json.loads((WORK / "references.json").read_text())

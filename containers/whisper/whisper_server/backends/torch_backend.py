@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from whisper_contract import ModelInfo, Segment
+from whisper_server.settings import Settings
 
 from .base import CHUNK_SAMPLES, DecodeOptions
 from .torch_model import Decoder, DecodeState, Dims, Whisper
@@ -162,11 +163,60 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(gzip.compress(raw)) if raw else 0.0
 
 
-class TorchBackend:
-    """Backend protocol implementation; build it with :meth:`from_model_dir`."""
+COMPUTE_TYPES = ("default", "float16", "bfloat16", "float32")
 
-    def __init__(self, model: Whisper, tokenizer: Tokenizer, *, name: str, suppress: Sequence[int],
-                 max_batch: int, use_graphs: bool, cross_int8: bool = False) -> None:
+
+def _load(model_dir: str | Path, *, device: str = "auto", dtype: str | None = None, max_batch: int | None = None,
+          name: str | None = None, cross_int8: bool = False, compile_encoder: bool = False) -> dict:
+    """Everything TorchBackend's constructor needs, loaded from a model directory."""
+    import json
+
+    from .torch_convert import load_model_dir
+
+    model_dir = Path(model_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype not in (None, *COMPUTE_TYPES):
+        raise ValueError(f"WHISPER_COMPUTE_TYPE for the torch backend must be one of {COMPUTE_TYPES}, got {dtype!r}")
+    torch_dtype = (getattr(torch, dtype) if dtype and dtype != "default"
+                   else torch.float16 if device == "cuda" else torch.float32)
+    model = load_model_dir(model_dir, device=device, dtype=torch_dtype)
+    tokenizer = Tokenizer(model_dir / "tokenizer.json")
+    suppress: list[int] = []
+    cfg_path = model_dir / "config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        suppress = cfg.get("suppress_ids") or cfg.get("suppress_tokens") or []
+    if max_batch is None:
+        if device == "cuda":
+            total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+            max_batch = max_batch_size(model.dims, total, dtype_bytes=torch_dtype.itemsize,
+                                       cross_bytes=1 if cross_int8 else None)
+        else:
+            max_batch = 8
+    if compile_encoder and device == "cuda":
+        model.encoder.compile()
+    return dict(model=model, tokenizer=tokenizer, name=name or model_dir.name, suppress=suppress,
+                max_batch=max_batch, use_graphs=device == "cuda", cross_int8=cross_int8)
+
+
+class TorchBackend:
+    """Backend protocol implementation.
+
+    The server's registry builds it from Settings (``TorchBackend(settings)``: model_dir,
+    device, compute_type); code and tests use :meth:`from_model_dir` or pass a loaded model.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, model: Whisper | None = None,
+                 tokenizer: Tokenizer | None = None, name: str = "", suppress: Sequence[int] = (),
+                 max_batch: int = 8, use_graphs: bool = False, cross_int8: bool = False) -> None:
+        if settings is not None:
+            loaded = _load(settings.model_dir, device=settings.device, dtype=settings.compute_type,
+                           name=settings.label)
+            model, tokenizer, name, suppress = loaded["model"], loaded["tokenizer"], loaded["name"], loaded["suppress"]
+            max_batch, use_graphs, cross_int8 = loaded["max_batch"], loaded["use_graphs"], loaded["cross_int8"]
+        if model is None or tokenizer is None:
+            raise ValueError("TorchBackend needs settings, or a model and its tokenizer")
         self.model = model
         self.tokenizer = tokenizer
         self.sp = tokenizer.specials
@@ -190,36 +240,12 @@ class TorchBackend:
 
         device: "cuda", "cpu" or "auto"; dtype: "float16", "bfloat16" or "float32"
         (default float16 on CUDA, float32 on CPU); max_batch: default from the memory model;
-        cross_int8: int8 cross-attention cache (half the bytes per decode step, see
-        torch_kernels.py); compile_encoder: torch.compile the encoder blocks (CUDA; the first
-        batch of each new size pays the compile).
+        cross_int8: int8 cross-attention cache (torch_kernels.py; measured slower than fp16
+        on the H100 so far); compile_encoder: torch.compile the encoder blocks (CUDA; the
+        first batch of each new size pays the compile).
         """
-        import json
-
-        from .torch_convert import load_model_dir
-
-        model_dir = Path(model_dir)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if device == "cuda" else torch.float32)
-        model = load_model_dir(model_dir, device=device, dtype=torch_dtype)
-        tokenizer = Tokenizer(model_dir / "tokenizer.json")
-        suppress: list[int] = []
-        cfg_path = model_dir / "config.json"
-        if cfg_path.exists():
-            cfg = json.loads(cfg_path.read_text())
-            suppress = cfg.get("suppress_ids") or cfg.get("suppress_tokens") or []
-        if max_batch is None:
-            if device == "cuda":
-                total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-                max_batch = max_batch_size(model.dims, total, dtype_bytes=torch_dtype.itemsize,
-                                           cross_bytes=1 if cross_int8 else None)
-            else:
-                max_batch = 8
-        if compile_encoder and device == "cuda":
-            model.encoder.compile()
-        return cls(model, tokenizer, name=name or model_dir.name, suppress=suppress,
-                   max_batch=max_batch, use_graphs=device == "cuda", cross_int8=cross_int8)
+        return cls(**_load(model_dir, device=device, dtype=dtype, max_batch=max_batch, name=name,
+                           cross_int8=cross_int8, compile_encoder=compile_encoder))
 
     # ----------------------------------------------------------------- protocol
 
