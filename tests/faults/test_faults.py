@@ -91,6 +91,8 @@ def test_s3_errors_on_read_and_write(harness) -> None:
     h.s3faults.add(
         h.rule("submit", "HeadObject", lambda p: p["Key"].startswith("s3faults/"), "InternalError"),
         h.rule("submit", "PutObject", lambda p: p["Bucket"] == out and p["Key"].startswith("_jobs/"), "SlowDown"),
+        # The job update right after InvokeEndpointAsync succeeded: the retry invokes again.
+        h.rule("submit", "PutObject", lambda p: p["Key"].startswith("_jobs/") and "IfMatch" in p, "InternalError"),
         h.rule("complete", "GetObject", lambda p: p["Key"].startswith("_async/output/"), "InternalError"),
         h.rule("complete", "PutObject", lambda p: p["Key"].startswith("s3faults/") and p["Key"].endswith(".srt"),
                "ServiceUnavailable"),
@@ -103,8 +105,10 @@ def test_s3_errors_on_read_and_write(harness) -> None:
     injected = dict(h.s3faults.injected)
     h.s3faults.injected.clear()
     summary = h.record("S3 errors on read and write (both Lambdas)", keys, injected, before, expect_errors=0)
-    assert sum(injected.values()) >= 4 * len(keys), injected
-    assert summary["invocations_accepted"] >= len(keys)
+    assert sum(injected.values()) >= 5 * len(keys), injected
+    # At-least-once submission: a lost job update repeats the (idempotent) invocation, and the
+    # completion of the repeat finds the job finished and writes nothing.
+    assert summary["invocations_accepted"] == 2 * len(keys)
     assert_transcripts_right(h, keys)
 
 
