@@ -23,3 +23,16 @@ audit: synth $(AUDIT_VENV)/.installed ## cdk-nag (zero unacknowledged), cfn-lint
 	$(AUDIT_VENV)/bin/checkov -d cdk.out --framework cloudformation --skip-download --quiet --compact \
 	  -o json > $(AUDIT_OUT)/checkov.json || true
 	$(AUDIT_PY) audit/gate.py checkov $(AUDIT_OUT)/checkov.json audit/checkov-accepted.yaml
+
+# Reliability measurements (docs/reliability.md): run once, on a quiet machine.
+FUZZ_EXAMPLES ?= 300
+SOAK_CLIENTS ?= 200
+SOAK_SECONDS ?= 180
+
+.PHONY: fuzz-campaign soak
+
+fuzz-campaign: install ## the fuzz campaign: tests/fuzz with fresh seeds, FUZZ_EXAMPLES inputs per target
+	$(PY) benchmarks/fuzz_campaign.py --examples $(FUZZ_EXAMPLES)
+
+soak: install ## bounded loopback soak of the real server: SOAK_CLIENTS clients for SOAK_SECONDS
+	$(PY) benchmarks/soak.py --clients $(SOAK_CLIENTS) --duration $(SOAK_SECONDS)
