@@ -47,6 +47,12 @@ def test_registry_builds_torch_backend_from_settings(tiny_en_dir):
         TorchBackend(Settings(model_dir=str(tiny_en_dir), backend="torch", device="cpu", compute_type="int8"))
 
 
+@pytest.fixture(scope="module")
+def ours(backend, audio):
+    """Our transcripts of all the clips, decoded once as one lockstep batch."""
+    return backend.transcribe_chunks([a for _, a in audio], DecodeOptions(language="en"))
+
+
 def test_backend_satisfies_protocol(backend):
     assert isinstance(backend, Backend)
     assert backend.info.backend == "torch"
@@ -73,11 +79,11 @@ def test_log_mel_matches_faster_whisper(backend, audio):
     assert not ours[:, n:].any()  # past the end: zeros, as faster-whisper pads features
 
 
-def test_transcripts_match_faster_whisper(backend, audio, tiny_en_dir, capsys):
+def test_transcripts_match_faster_whisper(ours, audio, tiny_en_dir, capsys):
     from faster_whisper import WhisperModel
 
-    fw = WhisperModel(str(tiny_en_dir), device="cpu", compute_type="float32", cpu_threads=2)
-    results = backend.transcribe_chunks([a for _, a in audio], DecodeOptions(language="en"))
+    fw = WhisperModel(str(tiny_en_dir), device="cpu", compute_type="float32", cpu_threads=1)
+    results = ours
     lines = []
     for (clip, a), segments in zip(audio, results):
         ours = "".join(s.text for s in segments)
@@ -168,3 +174,25 @@ def test_int8_cross_cache_keeps_transcripts(backend, audio):
     for a, b in zip(fp, q8):
         ta, tb = "".join(s.text for s in a), "".join(s.text for s in b)
         assert wer(ta, tb) <= 0.2, (ta, tb)
+
+
+def test_continuous_batching_gives_the_lockstep_result(backend, audio, ours):
+    """Two rows for four chunks: rows are refilled as chunks finish, and every chunk gets the
+    text and times the lockstep batch gave (greedy decoding is deterministic)."""
+    short = [i for i, (c, _) in enumerate(audio) if c.duration < 10]
+    assert len(short) == 4
+    chunks = [audio[i][1] for i in short]
+    lockstep = [ours[i] for i in short]
+    stream = TorchBackend(model=backend.model, tokenizer=backend.tokenizer, name="tiny.en",
+                          suppress=backend._suppress.tolist(), max_batch=2, continuous_batching=True)
+    refilled = stream.transcribe_chunks(chunks, DecodeOptions(language="en"))
+    assert [[(s.start, s.end, s.text) for s in c] for c in refilled] == \
+           [[(s.start, s.end, s.text) for s in c] for c in lockstep]
+
+
+def test_window_that_stops_early_is_decoded_to_its_end(audio, ours):
+    """tiny.en stops the 29 s clip's first window at 25.6 s; the rest ('... Next man') is
+    decoded from there, as openai's seek does, instead of being dropped."""
+    segments = next(r for (c, _), r in zip(audio, ours) if "1272-128104" in c.name)
+    assert segments[-1].end > 28.0 and "next man" in segments[-1].text.lower()
+    assert all(x.end <= y.start + 1e-6 for x, y in zip(segments, segments[1:]))  # in order, no overlap

@@ -36,6 +36,8 @@ NO_SPEECH_THRESHOLD = 0.6
 MAX_INITIAL_TIMESTAMP = 1.0
 TIME_PRECISION = 0.02
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MAX_WINDOWS_PER_CHUNK = 8  # seek rounds per chunk: each round moves forward by >= one closed segment
+MIN_TAIL_S = 0.1  # a shorter rest of a chunk cannot hold a word
 GIB = 1 << 30
 
 
@@ -118,13 +120,14 @@ class Tokenizer:
 class StepRunner:
     """One decode step for a fixed batch and cache; on CUDA, replayed from a CUDA graph."""
 
-    def __init__(self, decoder: Decoder, state: DecodeState, use_graph: bool) -> None:
+    def __init__(self, decoder: Decoder, state: DecodeState, use_graph: bool, per_row: bool = False) -> None:
         self.decoder, self.state = decoder, state
         dev = decoder.positional_embedding.device
         self.tokens = torch.zeros(state.batch, 1, dtype=torch.long, device=dev)
         # Warm-up and capture write their keys/values to the last cache slot, which real
-        # steps overwrite before they ever attend to it.
-        self.pos = torch.full((1,), state.self_k.shape[3] - 1, dtype=torch.long, device=dev)
+        # steps overwrite before they ever attend to it. per_row: one position per row.
+        shape = (state.batch,) if per_row else (1,)
+        self.pos = torch.full(shape, state.self_k.shape[3] - 1, dtype=torch.long, device=dev)
         self.graph = None
         if use_graph:
             side = torch.cuda.Stream()
@@ -138,11 +141,15 @@ class StepRunner:
                 self.logits = decoder(self.tokens, self.pos, state)
 
     @torch.no_grad()
-    def __call__(self, tokens: Tensor, pos: int) -> Tensor:
+    def __call__(self, tokens: Tensor, pos: int | Tensor) -> Tensor:
         if self.graph is None:
-            return self.decoder(tokens, torch.tensor([pos], device=tokens.device), self.state)
+            start = pos if isinstance(pos, Tensor) else torch.tensor([pos], device=tokens.device)
+            return self.decoder(tokens, start, self.state)
         self.tokens.copy_(tokens)
-        self.pos.fill_(pos)
+        if isinstance(pos, Tensor):
+            self.pos.copy_(pos)
+        else:
+            self.pos.fill_(pos)
         self.graph.replay()
         return self.logits
 
@@ -209,7 +216,8 @@ class TorchBackend:
 
     def __init__(self, settings: Settings | None = None, *, model: Whisper | None = None,
                  tokenizer: Tokenizer | None = None, name: str = "", suppress: Sequence[int] = (),
-                 max_batch: int = 8, use_graphs: bool = False, cross_int8: bool = False) -> None:
+                 max_batch: int = 8, use_graphs: bool = False, cross_int8: bool = False,
+                 continuous_batching: bool = False) -> None:
         if settings is not None:
             loaded = _load(settings.model_dir, device=settings.device, dtype=settings.compute_type,
                            name=settings.label)
@@ -224,6 +232,10 @@ class TorchBackend:
         self.max_batch = max_batch
         self.use_graphs = use_graphs
         self.cross_int8 = cross_int8
+        # Continuous batching: a row whose chunk is done takes the next chunk at once instead
+        # of idling until the whole batch ends. Verified on CPU only so far; the lockstep path
+        # (False) is the one measured and checked on the H100.
+        self.continuous = continuous_batching
         self.info = ModelInfo(model=name, backend="torch", version=torch.__version__,
                               device=str(model.device.type), compute_type=str(model.dtype).removeprefix("torch."))
         sp = self.sp
@@ -235,7 +247,7 @@ class TorchBackend:
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
                        max_batch: int | None = None, name: str | None = None, cross_int8: bool = False,
-                       compile_encoder: bool = False) -> "TorchBackend":
+                       compile_encoder: bool = False, continuous_batching: bool = False) -> "TorchBackend":
         """Load a CTranslate2 (model.bin) or Hugging Face (model.safetensors) Whisper directory.
 
         device: "cuda", "cpu" or "auto"; dtype: "float16", "bfloat16" or "float32"
@@ -245,7 +257,8 @@ class TorchBackend:
         first batch of each new size pays the compile).
         """
         return cls(**_load(model_dir, device=device, dtype=dtype, max_batch=max_batch, name=name,
-                           cross_int8=cross_int8, compile_encoder=compile_encoder))
+                           cross_int8=cross_int8, compile_encoder=compile_encoder),
+                   continuous_batching=continuous_batching)
 
     # ----------------------------------------------------------------- protocol
 
@@ -272,9 +285,29 @@ class TorchBackend:
 
     @torch.no_grad()
     def transcribe_chunks(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
-        out: list[list[Segment]] = []
+        """Every chunk to the end: where the model stops early after a closed segment, the
+        rest of that chunk is decoded as a new window (openai's seek), so no speech is lost."""
+        results: list[list[Segment]] = [[] for _ in chunks]
+        todo = [(i, 0.0, np.asarray(c, dtype=np.float32)[:CHUNK_SAMPLES]) for i, c in enumerate(chunks)]
+        for _ in range(MAX_WINDOWS_PER_CHUNK):
+            if not todo:
+                break
+            windows = self._windows([w for _, _, w in todo], options)
+            nxt = []
+            for (i, offset, audio), (segments, resume) in zip(todo, windows):
+                base = len(results[i])
+                results[i].extend([s.shifted(offset, base + j) for j, s in enumerate(segments)])
+                if resume is not None and resume > 0 and len(audio) / 16_000 - resume > MIN_TAIL_S:
+                    nxt.append((i, round(offset + resume, 3), audio[int(resume * 16_000) :]))
+            todo = nxt
+        return results
+
+    def _windows(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[tuple[list[Segment], float | None]]:
+        if self.continuous:
+            return self._transcribe_stream(chunks, options)
+        out: list[tuple[list[Segment], float | None]] = []
         for i in range(0, len(chunks), self.max_batch):
-            out.extend(self._transcribe_batch(list(chunks[i : i + self.max_batch]), options))
+            out.extend(self._transcribe_batch(chunks[i : i + self.max_batch], options))
         return out
 
     # ----------------------------------------------------------------- internals
@@ -306,7 +339,7 @@ class TorchBackend:
         mel = model.features(audio.to(model.device, non_blocking=True), lengths)
         return model.encoder(mel)
 
-    def _transcribe_batch(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
+    def _transcribe_batch(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[tuple[list[Segment], float | None]]:
         enc = self._encode(chunks)
         prompt, sot_index = self.prompt(options)
         results: list[Decoded | None] = [None] * len(chunks)
@@ -326,26 +359,27 @@ class TorchBackend:
                 break
         return [self._segments(d, len(c) / 16_000) for d, c in zip(results, chunks)]  # type: ignore[arg-type]
 
-    def _segments(self, d: Decoded, duration: float) -> list[Segment]:
+    def _segments(self, d: Decoded, duration: float) -> tuple[list[Segment], float | None]:
+        """Segments of one window, and where to resume decoding (openai's seek) when the
+        model closed a segment and stopped before the window's end, else None."""
         if d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD:
-            return []  # openai's silence skip
+            return [], None  # openai's silence skip
         tb = self.sp.timestamp_begin
         toks = d.tokens
         is_ts = [t >= tb for t in toks]
         cuts = [i for i in range(1, len(toks)) if is_ts[i] and is_ts[i - 1]]
         pieces: list[tuple[float, float, list[int]]] = []
+        resume = None
         if cuts:
             if len(toks) >= 2 and not is_ts[-2] and is_ts[-1]:
-                cuts.append(len(toks))
+                cuts.append(len(toks))  # ends on a closed segment: the window is done
+            else:  # whatever follows the last closed segment is decoded again from there
+                resume = (toks[cuts[-1] - 1] - tb) * TIME_PRECISION
             last = 0
             for cut in cuts:
                 part = toks[last:cut]
                 pieces.append(((part[0] - tb) * TIME_PRECISION, (part[-1] - tb) * TIME_PRECISION, part))
                 last = cut
-            rest = toks[last:]
-            if any(t < tb for t in rest):  # text after the last pair runs to the chunk's end
-                start = (rest[0] - tb) * TIME_PRECISION if rest[0] >= tb else pieces[-1][1]
-                pieces.append((start, duration, rest))
         else:
             stamps = [t for t in toks if t >= tb]
             end = (stamps[-1] - tb) * TIME_PRECISION if stamps and stamps[-1] != tb else duration
@@ -357,14 +391,154 @@ class TorchBackend:
                 continue
             segments.append(Segment(id=len(segments), start=round(start, 3), end=round(max(end, start), 3),
                                     text=text, avg_logprob=d.avg_logprob, no_speech_prob=d.no_speech_prob))
-        return segments
+        return segments, resume
 
-    def _runner(self, batch: int) -> StepRunner:
-        if batch not in self._runners:
+    def _runner(self, batch: int, per_row: bool = False) -> StepRunner:
+        if (batch, per_row) not in self._runners:
             # One cache + graph per bucket, kept: capture costs more than a chunk's decode.
             state = self.model.decoder.new_state(batch, cross_int8=self.cross_int8)
-            self._runners[batch] = StepRunner(self.model.decoder, state, self.use_graphs)
-        return self._runners[batch]
+            self._runners[(batch, per_row)] = StepRunner(self.model.decoder, state, self.use_graphs, per_row)
+        return self._runners[(batch, per_row)]
+
+    # ----------------------------------------------------------------- continuous batching
+
+    def _transcribe_stream(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[tuple[list[Segment], float | None]]:
+        prompt, sot_index = self.prompt(options)
+        results: dict[int, Decoded] = {}
+        todo = list(range(len(chunks)))
+        temps = options.temperatures or (0.0,)
+        for n, temperature in enumerate(temps):
+            decoded = self._decode_stream(chunks, todo, prompt, sot_index, temperature)
+            retry = []
+            for i in todo:
+                d = results[i] = decoded[i]
+                failed = d.compression_ratio > COMPRESSION_RATIO_THRESHOLD or d.avg_logprob < LOGPROB_THRESHOLD
+                silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD
+                if failed and not silent and n + 1 < len(temps):
+                    retry.append(i)
+            todo = retry
+            if not todo:
+                break
+        return [self._segments(results[i], len(c) / 16_000) for i, c in enumerate(chunks)]
+
+    def _decode_stream(self, chunks: list[np.ndarray], ids_todo: list[int], prompt: list[int], sot_index: int,
+                       temperature: float) -> dict[int, Decoded]:
+        """Decode chunks ``ids_todo`` with a fixed set of rows that are refilled as they finish."""
+        from collections import deque
+
+        dec, sp, dims = self.model.decoder, self.sp, self.model.dims
+        dev = self.model.device
+        n_rows = min(len(ids_todo), self.max_batch)
+        b = bucket(n_rows) if self.use_graphs else n_rows
+        runner = self._runner(b, per_row=True)
+        state = runner.state
+        vocab, tb = dims.n_vocab, sp.timestamp_begin
+        ids = torch.arange(vocab, device=dev)
+        is_text, is_stamp = ids[None, :] < sp.eot, ids[None, :] >= tb
+        is_blank = torch.zeros(vocab, dtype=torch.bool, device=dev)
+        is_blank[self._blank] = True
+        late_stamp = ids[None, :] > tb + round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION)
+        prompt_t = torch.tensor([prompt], device=dev)
+        zero = torch.zeros(1, dtype=torch.long, device=dev)
+        plen = len(prompt)
+        max_new = min(dims.n_text_ctx // 2, dims.n_text_ctx - plen)
+        neg_inf = float("-inf")
+        out = torch.full((b, max_new), sp.eot, dtype=torch.long, device=dev)
+        logits = torch.zeros(b, vocab, device=dev)
+        row_step = torch.zeros(b, dtype=torch.long, device=dev)
+        pos = torch.full((b,), plen, dtype=torch.long, device=dev)
+        sum_lp = torch.zeros(b, device=dev)
+        no_speech = torch.zeros(b, device=dev)
+        finished = torch.ones(b, dtype=torch.bool, device=dev)  # idle rows count as finished
+        last_ts = torch.ones(b, dtype=torch.bool, device=dev)
+        penult_ts = torch.ones(b, dtype=torch.bool, device=dev)
+        max_stamp = torch.full((b,), -1, dtype=torch.long, device=dev)
+        pending = deque(ids_todo)
+        row_chunk = [-1] * b
+        results: dict[int, Decoded] = {}
+
+        def admit(rows: list[int]) -> None:
+            cids = [pending.popleft() for _ in rows]
+            enc = self._encode([chunks[c] for c in cids])
+            for j, (row, cid) in enumerate(zip(rows, cids)):
+                r = slice(row, row + 1)
+                view = DecodeState(state.self_k[:, r], state.self_v[:, r], state.cross_k[:, r], state.cross_v[:, r],
+                                   None if state.cross_ks is None else state.cross_ks[:, r],
+                                   None if state.cross_vs is None else state.cross_vs[:, r])
+                dec.set_cross(view, enc[j : j + 1])
+                first = dec(prompt_t[:, : sot_index + 1], zero, view)
+                no_speech[row] = first.softmax(-1)[0, sp.no_speech]
+                if sot_index + 1 < plen:
+                    first = dec(prompt_t[:, sot_index + 1 :], zero + sot_index + 1, view)
+                logits[row] = first[0]
+                row_chunk[row] = cid
+            r = torch.tensor(rows, device=dev)
+            out[r] = sp.eot
+            row_step[r] = 0
+            pos[r] = plen
+            sum_lp[r] = 0
+            finished[r] = False
+            last_ts[r] = True
+            penult_ts[r] = True
+            max_stamp[r] = -1
+
+        def harvest() -> None:
+            done = [row for row in (finished.nonzero()[:, 0].tolist()) if row_chunk[row] >= 0]
+            if not done:
+                return
+            toks_all, steps, lps, nss = (out[done].tolist(), row_step[done].tolist(), sum_lp[done].tolist(),
+                                         no_speech[done].tolist())
+            for row, toks, n_steps, lp, ns in zip(done, toks_all, steps, lps, nss):
+                toks = toks[:n_steps]
+                toks = toks[: toks.index(sp.eot)] if sp.eot in toks else toks
+                text = self.tokenizer.decode([t for t in toks if t < sp.eot])
+                results[row_chunk[row]] = Decoded(toks, lp / (len(toks) + 1), ns, compression_ratio(text), temperature)
+                row_chunk[row] = -1
+            refill = done[: len(pending)]
+            if refill:
+                admit(refill)
+
+        admit(list(range(n_rows)))
+        step = 0
+        while True:
+            first = (row_step == 0)[:, None]
+            logits = logits.float().clone()
+            logits[:, self._suppress] = neg_inf
+            logits[:, sp.no_timestamps] = neg_inf
+            logits.masked_fill_(first & (is_blank[None, :] | is_text | late_stamp), neg_inf)
+            later = ~first[:, 0]
+            logits.masked_fill_((later & last_ts & penult_ts)[:, None] & is_stamp, neg_inf)
+            logits.masked_fill_((later & last_ts & ~penult_ts)[:, None] & is_text, neg_inf)
+            floor = torch.where(last_ts & ~penult_ts, max_stamp, max_stamp + 1)
+            floor = torch.where((max_stamp >= 0) & later, floor, torch.zeros_like(floor))
+            logits.masked_fill_(is_stamp & (ids[None, :] < floor[:, None]), neg_inf)
+            logprobs = logits.log_softmax(-1)
+            ts_mass = logprobs[:, tb:].logsumexp(-1)
+            text_best = logprobs[:, :tb].max(-1).values
+            logits.masked_fill_((ts_mass > text_best)[:, None] & (ids[None, :] < tb), neg_inf)
+            logprobs = logits.log_softmax(-1)
+            if temperature > 0:
+                token = torch.multinomial((logits / temperature).softmax(-1).nan_to_num(0.0), 1)[:, 0]
+            else:
+                token = logits.argmax(-1)
+            active = ~finished
+            token = torch.where(active, token, torch.full_like(token, sp.eot))
+            sum_lp += torch.where(active, logprobs.gather(1, token[:, None])[:, 0], torch.zeros_like(sum_lp))
+            out.scatter_(1, row_step.clamp(max=max_new - 1)[:, None], token[:, None])
+            row_step += active.long()
+            finished |= active & ((token == sp.eot) | (row_step >= max_new))
+            stamp = token >= tb
+            penult_ts = torch.where(active, last_ts, penult_ts)
+            last_ts = torch.where(active, stamp, last_ts)
+            max_stamp = torch.where(active & stamp, token, max_stamp)
+            logits = runner(token[:, None], pos)
+            pos = torch.where(active, (pos + 1).clamp(max=dims.n_text_ctx - 1), pos)
+            step += 1
+            if step % 8 == 0:  # sync rarely: each check stalls the queue
+                harvest()
+                if not pending and all(c < 0 for c in row_chunk):
+                    break
+        return results
 
     def _decode(self, enc: Tensor, prompt: list[int], sot_index: int, temperature: float) -> list[Decoded]:
         """Lockstep greedy/sampled decoding of ``enc`` rows with Whisper's logit rules."""
@@ -389,8 +563,10 @@ class TorchBackend:
         out = torch.full((b, max_new), sp.eot, dtype=torch.long, device=dev)
         sum_lp = torch.zeros(b, device=dev)
         finished = torch.zeros(b, dtype=torch.bool, device=dev)
-        last_ts = torch.zeros(b, dtype=torch.bool, device=dev)
-        penult_ts = torch.ones(b, dtype=torch.bool, device=dev)  # openai: True while fewer than 2 tokens
+        # openai: "penultimate was a timestamp" is True while fewer than 2 tokens were sampled;
+        # starting last_ts at True makes step 1 see that.
+        last_ts = torch.ones(b, dtype=torch.bool, device=dev)
+        penult_ts = torch.ones(b, dtype=torch.bool, device=dev)
         max_stamp = torch.full((b,), -1, dtype=torch.long, device=dev)  # last timestamp token, -1: none
         neg_inf = float("-inf")
         for step in range(max_new):

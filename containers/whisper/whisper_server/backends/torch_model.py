@@ -236,8 +236,13 @@ class DecoderBlock(nn.Module):
         q, k, v = self.attn.split(self.attn_ln(x))
         # Write this step's keys/values at their positions, then attend over the whole cache
         # with a mask: shapes never change, so the step can be captured in a CUDA graph.
-        state.self_k[layer].index_copy_(2, positions, k)
-        state.self_v[layer].index_copy_(2, positions, v)
+        if positions.ndim == 1:  # every row at the same positions
+            state.self_k[layer].index_copy_(2, positions, k)
+            state.self_v[layer].index_copy_(2, positions, v)
+        else:  # one position per row (continuous batching: rows join at different times)
+            rows = torch.arange(k.shape[0], device=k.device)
+            state.self_k[layer][rows, :, positions[:, 0]] = k[:, :, 0]
+            state.self_v[layer][rows, :, positions[:, 0]] = v[:, :, 0]
         o = F.scaled_dot_product_attention(q, state.self_k[layer], state.self_v[layer], attn_mask=mask)
         x = x + self.attn.merge(o)
         b, t, _ = x.shape
@@ -292,12 +297,22 @@ class Decoder(nn.Module):
                 state.cross_v[i][rows], state.cross_vs[i][rows] = quantize(v)
 
     def forward(self, tokens: Tensor, start: Tensor, state: DecodeState) -> Tensor:
-        """tokens [B, T] placed at positions start..start+T-1 -> logits of the last position [B, V]."""
+        """tokens [B, T] placed at positions start..start+T-1 -> logits of the last position [B, V].
+
+        ``start`` is [1] (all rows at one position) or, for one token per row, [B] (each row
+        at its own position: continuous batching)."""
         t = tokens.shape[1]
-        positions = start + torch.arange(t, device=tokens.device)
         ctx = state.self_k.shape[3]
-        mask = torch.arange(ctx, device=tokens.device)[None, :] <= positions[:, None]  # [T, ctx]
-        x = self.token_embedding(tokens) + self.positional_embedding.index_select(0, positions)
+        keys = torch.arange(ctx, device=tokens.device)
+        if start.numel() == 1 or t > 1:
+            positions = start[:1] + torch.arange(t, device=tokens.device)
+            mask = keys[None, :] <= positions[:, None]  # [T, ctx]
+            pos_emb = self.positional_embedding.index_select(0, positions)
+        else:
+            positions = start[:, None]  # [B, 1]
+            mask = (keys[None, :] <= positions)[:, None, None, :]  # [B, 1, 1, ctx]
+            pos_emb = self.positional_embedding.index_select(0, start)[:, None, :]
+        x = self.token_embedding(tokens) + pos_emb
         for i, block in enumerate(self.blocks):
             x = block(x, i, state, positions, mask)
         x = self.ln(x[:, -1])
