@@ -196,3 +196,32 @@ def test_window_that_stops_early_is_decoded_to_its_end(audio, ours):
     segments = next(r for (c, _), r in zip(audio, ours) if "1272-128104" in c.name)
     assert segments[-1].end > 28.0 and "next man" in segments[-1].text.lower()
     assert all(x.end <= y.start + 1e-6 for x, y in zip(segments, segments[1:]))  # in order, no overlap
+
+
+def test_hf_checkpoint_gives_transformers_logits(tmp_path):
+    """A random WhisperForConditionalGeneration saved as the model bucket holds it
+    (model.safetensors + config.json), loaded by our converter: the same logits as
+    transformers' own forward pass."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from whisper_server.backends.torch_convert import load_model_dir
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=128, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512)
+    hf = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):  # transformers starts biases at zero: make them count
+                p.normal_(0, 0.1)
+    hf.save_pretrained(tmp_path)
+    ours = load_model_dir(tmp_path)
+    assert ours.dims.n_audio_head == 4 and ours.dims.n_text_head == 4  # from config.json, not guessed
+    mel = torch.randn(2, 80, 3000)
+    tokens = torch.tensor([[50258, 50259, 50360, 50364, 400, 500]] * 2)
+    with torch.no_grad():
+        ref = hf(input_features=mel, decoder_input_ids=tokens).logits[:, -1]
+        state = ours.decoder.new_state(2, ctx=16)
+        ours.decoder.set_cross(state, ours.encoder(mel))
+        got = ours.decoder(tokens, torch.zeros(1, dtype=torch.long), state)
+    assert float((got - ref).norm() / ref.norm()) < 1e-4
