@@ -225,3 +225,22 @@ def test_hf_checkpoint_gives_transformers_logits(tmp_path):
         ours.decoder.set_cross(state, ours.encoder(mel))
         got = ours.decoder(tokens, torch.zeros(1, dtype=torch.long), state)
     assert float((got - ref).norm() / ref.norm()) < 1e-4
+
+
+def test_multilingual_base_detects_language_and_matches_faster_whisper(base_dir):
+    """The multilingual prompt path (<|sot|><|lang|><|transcribe|>) with the bundled base model."""
+    from faster_whisper import WhisperModel, decode_audio
+
+    from whisper_eval.wer import cer
+
+    be = TorchBackend.from_model_dir(base_dir, device="cpu")
+    fw = WhisperModel(str(base_dir), device="cpu", compute_type="float32", cpu_threads=1)
+    assert be.multilingual
+    for clip in [c for c in load_clips() if c.language in ("ja", "zh")]:
+        a = decode_audio(str(clip.path))
+        language, probability = be.detect_language(a)
+        assert language == clip.language and probability > 0.9
+        ours = "".join(s.text for s in be.transcribe_chunks([a], DecodeOptions(language=clip.language))[0])
+        theirs = "".join(s.text for s in fw.transcribe(a, language=clip.language, beam_size=1)[0])
+        assert abs(cer(clip.reference, ours, clip.language) - cer(clip.reference, theirs, clip.language)) <= 0.2
+    be.close()
