@@ -180,17 +180,24 @@ def correctness(out: Path) -> list[dict]:
                            max_batch=16, use_graphs=True)
     int8 = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
                         max_batch=16, use_graphs=True, cross_int8=True)
+    stream = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
+                          max_batch=2, use_graphs=True, continuous_batching=True)
     clips = np.load(WORK / "check_clips.npz")
     refs = json.loads((WORK / "references.json").read_text())
     names = list(refs)
     audio = [clips[n].astype(np.float32) / 32767 for n in names]
     results = backend.transcribe_chunks(audio, DecodeOptions(language="en"))
     results8 = int8.transcribe_chunks(audio, DecodeOptions(language="en"))
+    results_stream = stream.transcribe_chunks(audio, DecodeOptions(language="en"))
     rows = []
-    for name, segs, segs8 in zip(names, results, results8):
+    for name, segs, segs8, segs_s in zip(names, results, results8, results_stream):
         text = "".join(s.text for s in segs)
         r = refs[name]
-        rows.append({"clip": name, "ours_gpu": text, "ours_gpu_int8kv": "".join(s.text for s in segs8), **r})
+        rows.append({"clip": name, "ours_gpu": text, "ours_gpu_int8kv": "".join(s.text for s in segs8),
+                     "ours_gpu_continuous": "".join(s.text for s in segs_s),
+                     "ours_gpu_segments": [[s.start, s.end, s.text] for s in segs],
+                     "continuous_equals_lockstep": [[s.start, s.end, s.text] for s in segs_s]
+                     == [[s.start, s.end, s.text] for s in segs], **r})
         if wer is not None:
             rows[-1].update({"wer_ours_gpu": wer(r["reference"], text),
                              "wer_faster_whisper": wer(r["reference"], r["faster_whisper_beam1"]),
@@ -651,6 +658,8 @@ def main() -> None:
     pc.add_argument("--child-out")
     pt = sub.add_parser("table")
     pt.add_argument("json")
+    pk = sub.add_parser("check")
+    pk.add_argument("--out")
     pf = sub.add_parser("profile")
     pf.add_argument("--out")
     pm = sub.add_parser("merge")
@@ -663,6 +672,13 @@ def main() -> None:
         run(args)
     elif args.cmd == "hf-child":
         hf_child(args)
+    elif args.cmd == "check":
+        out = Path(args.out or os.environ.get("OUT", "."))
+        rows = correctness(out)
+        (out / "check.json").write_text(json.dumps({"env": _env(), "correctness": rows}, indent=1))
+        for r in rows:
+            print(f"{r['clip'][:34]:34s} cont=lock {r['continuous_equals_lockstep']} int8=fp16 "
+                  f"{r['ours_gpu_int8kv'] == r['ours_gpu']} | {r['ours_gpu'][-60:]!r}")
     elif args.cmd == "profile":
         profile(args)
     elif args.cmd == "merge":
