@@ -248,6 +248,38 @@ VARIANTS = {  # name: (compiled encoder, int8 cross-attention cache)
 }
 
 
+def precision_check(out: Path) -> dict:
+    """The same clips through the GPU path in fp32 / bf16 / fp16, with and without CUDA graphs:
+    separates precision effects from graph-path bugs."""
+    import torch
+
+    from whisper_server.backends.base import DecodeOptions
+    from whisper_server.backends.torch_backend import TorchBackend, Tokenizer
+    from whisper_server.backends.torch_convert import build
+    from whisper_server.backends.torch_model import Dims
+
+    dims = Dims(**json.loads((WORK / "dims.json").read_text()))
+    weights = unpack_weights(WORK)
+    suppress = json.loads((WORK / "config.json").read_text())["suppress_ids"]
+    clips = np.load(WORK / "check_clips.npz")
+    names = list(json.loads((WORK / "references.json").read_text()))
+    audio = [clips[n].astype(np.float32) / 32767 for n in names]
+    report = {}
+    for dtype in ("float32", "bfloat16", "float16"):
+        model = build(dims, weights, "cuda", getattr(torch, dtype))
+        for graphs in (True, False):
+            for single in (False, True):
+                be = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en",
+                                  suppress=suppress, max_batch=1 if single else 16, use_graphs=graphs)
+                res = be.transcribe_chunks(audio, DecodeOptions(language="en"))
+                key = f"{dtype} graphs={graphs} batch={'1' if single else 'all'}"
+                report[key] = {n: [[s.start, s.end, s.text] for s in r] for n, r in zip(names, res)}
+                short = {n[:40]: "".join(x[2] for x in v)[:40] for n, v in report[key].items() if "4507" in n or "8455" in n}
+                print(key, json.dumps(short), flush=True)
+    (out / "precision.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
 def check_int8_kernel() -> dict:
     """The Triton kernel against the plain-PyTorch reference on fresh random inputs."""
     import torch
@@ -660,6 +692,8 @@ def main() -> None:
     pt.add_argument("json")
     pk = sub.add_parser("check")
     pk.add_argument("--out")
+    pp2 = sub.add_parser("precision")
+    pp2.add_argument("--out")
     pf = sub.add_parser("profile")
     pf.add_argument("--out")
     pm = sub.add_parser("merge")
@@ -681,6 +715,8 @@ def main() -> None:
                   f"{r['ours_gpu_int8kv'] == r['ours_gpu']} | {r['ours_gpu'][-60:]!r}")
     elif args.cmd == "profile":
         profile(args)
+    elif args.cmd == "precision":
+        precision_check(Path(args.out or os.environ.get("OUT", ".")))
     elif args.cmd == "merge":
         print(markdown(merge(args.runs, Path(args.target))))
     else:
