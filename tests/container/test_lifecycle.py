@@ -75,3 +75,12 @@ def test_ping_is_503_until_the_model_loads_and_a_bad_model_exits(tmp_path, launc
     server = launch(empty, tmp_path, wait=False)
     assert server.proc.wait(timeout=60) == 1
     assert "model failed to load" in server.log()
+
+
+def test_sigterm_while_the_model_loads_exits_cleanly(base_dir, tmp_path, launch):
+    server = launch(base_dir, tmp_path, wait=False)
+    end = time.monotonic() + 30
+    while "startup complete" not in server.log() and time.monotonic() < end:
+        time.sleep(0.02)
+    server.proc.send_signal(signal.SIGTERM)  # base takes a second or more to load
+    assert server.proc.wait(timeout=30) == 0, server.log()

@@ -18,7 +18,7 @@ import signal
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -58,6 +58,7 @@ class WhisperService:
         self.admitted = 0  # decoding + queued
         self.drain_started: float | None = None
         self.on_fatal: Callable[[], None] = lambda: None
+        self.loader: Future[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
@@ -172,7 +173,9 @@ class WhisperService:
 def create_app(service: WhisperService) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        threading.Thread(target=service.load, name="model-load", daemon=True).start()
+        # Loaded on a decode worker: the thread that loads a CTranslate2 model should be one
+        # that stays alive and runs its requests.
+        service.loader = service.executor.submit(service.load)
         yield
         service.close()
 
@@ -216,4 +219,9 @@ def serve(settings: Settings, host: str, port: int) -> int:
 
     service.on_fatal = fatal
     server.run()
+    if service.loader is not None and not service.loader.done():
+        # SIGTERM while the model is still loading: the native loader cannot be interrupted,
+        # and interpreter shutdown under it aborts the process; leave at once instead.
+        logging.shutdown()
+        os._exit(0)
     return 1 if failed.is_set() else 0
