@@ -244,3 +244,11 @@ def test_multilingual_base_detects_language_and_matches_faster_whisper(base_dir)
         theirs = "".join(s.text for s in fw.transcribe(a, language=clip.language, beam_size=1)[0])
         assert abs(cer(clip.reference, ours, clip.language) - cer(clip.reference, theirs, clip.language)) <= 0.2
     be.close()
+
+
+def test_word_timestamps_are_refused_not_silently_dropped(backend, audio):
+    from whisper_contract import ContractError, ErrorCode
+
+    with pytest.raises(ContractError) as exc:
+        backend.transcribe_chunks([audio[0][1]], DecodeOptions(language="en", word_timestamps=True))
+    assert exc.value.code is ErrorCode.BAD_OPTION and "faster-whisper" in exc.value.message

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from whisper_contract import ModelInfo, Segment
+from whisper_contract import ContractError, ErrorCode, ModelInfo, Segment
 from whisper_server.settings import Settings
 
 from .base import CHUNK_SAMPLES, DecodeOptions
@@ -288,6 +288,11 @@ class TorchBackend:
     def transcribe_chunks(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
         """Every chunk to the end: where the model stops early after a closed segment, the
         rest of that chunk is decoded as a new window (openai's seek), so no speech is lost."""
+        if options.word_timestamps:
+            # Refused rather than silently answered without words: nothing may be dropped quietly.
+            raise ContractError(ErrorCode.BAD_OPTION,
+                                "word_timestamps is not available with the torch backend yet; "
+                                "use the faster-whisper backend")
         results: list[list[Segment]] = [[] for _ in chunks]
         todo = [(i, 0.0, np.asarray(c, dtype=np.float32)[:CHUNK_SAMPLES]) for i, c in enumerate(chunks)]
         for _ in range(MAX_WINDOWS_PER_CHUNK):

@@ -364,7 +364,7 @@ class TritonBackend:
         if options.word_timestamps:
             raise ContractError(ErrorCode.BAD_OPTION,
                                 "word_timestamps is not available with the triton backend (TensorRT-LLM "
-                                "engines expose no cross-attention); use the faster-whisper or torch backend")
+                                "engines expose no cross-attention); use the faster-whisper backend")
         previous = " ".join(p for p in (options.hotwords, options.initial_prompt) if p) or None
         prefix = text_prefix(options.language, options.task, previous)
         beam = max(1, min(options.beam_size, self.manifest.spec.max_beam))
