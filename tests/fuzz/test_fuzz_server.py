@@ -120,7 +120,7 @@ attributes = st.one_of(
     st.lists(st.tuples(option_keys, option_values), max_size=6).map(
         lambda pairs: "&".join(f"{k}={v}" for k, v in pairs)),
     st.integers(2_000, 40_000).map(lambda n: "initial_prompt=" + "a" * n),  # an enormous header
-)
+).map(lambda text: text if text is None else text.strip())  # HTTP cannot carry edge whitespace
 
 
 def check(server, body: bytes, attrs: str | None, tally) -> None:
