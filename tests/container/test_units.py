@@ -109,3 +109,22 @@ def replace_words(seg: Segment, words: tuple[Word, ...]) -> Segment:
     from dataclasses import replace
 
     return replace(seg, words=words, text="".join(w.word for w in words))
+
+
+def test_ping_reports_a_dead_backend_so_sagemaker_replaces_the_instance():
+    import asyncio
+
+    from whisper_server.server import WhisperService
+
+    class ChildProcessBackend:  # e.g. the triton backend, whose tritonserver can die
+        alive_now = True
+
+        def alive(self) -> bool:
+            return self.alive_now
+
+    service = WhisperService(Settings(model_dir="unused"))
+    service.backend = ChildProcessBackend()  # type: ignore[assignment]
+    assert asyncio.run(service.ping(None)).status_code == 200  # type: ignore[arg-type]
+    service.backend.alive_now = False  # type: ignore[union-attr]
+    response = asyncio.run(service.ping(None))  # type: ignore[arg-type]
+    assert response.status_code == 503 and b"backend died" in response.body

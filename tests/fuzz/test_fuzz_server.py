@@ -30,18 +30,12 @@ CORPUS = Path(__file__).with_name("corpus") / "server"
 CLIENT_ERRORS = {400, 413, 415, 422, 429}
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 TIMEOUT_S = 90  # the server's own limit is 60 s; past this it hangs
-# Crashes found by fuzzing whose fix belongs to another module, by the message they produce.
-# While one is open, generated inputs that hit it are tallied as "KNOWN BUG" instead of
-# failing CI (set FUZZ_STRICT=1 to fail on them too), and its corpus files are strict xfails:
-# once fixed they XPASS, the strict xfail fails, and the entry must be deleted.
-KNOWN_OPEN = {
-    "'NoneType' object has no attribute 'name'":
-        "whisper_server.audio.probe(): a stream FFmpeg has no decoder for (WAV format tag 0 or "
-        "0xFFFE without extension) has codec_context None -> AttributeError -> HTTP 500 internal "
-        "instead of 422 corrupt_audio / 415 unsupported_media",
+# Inputs whose fix must hold: (file name in corpus/server, exact error code expected).
+FIXED = {
+    "wav-format-tag-0-no-decoder.wav": "unsupported_media",  # was HTTP 500 (codec_context None)
+    "wav-format-tag-0-stereo-16bit.wav": "unsupported_media",
+    "wav-format-tag-fffe-no-extension.wav": "unsupported_media",
 }
-KNOWN_OPEN_CORPUS = {"wav-format-tag-0-no-decoder.wav", "wav-format-tag-0-stereo-16bit.wav",
-                     "wav-format-tag-fffe-no-extension.wav"}
 
 
 def wav(sample_rate: int, channels: int, bits: int, data: bytes, *, tag: int = 1, declared: int | None = None) -> bytes:
@@ -153,9 +147,6 @@ def check(server, body: bytes, attrs: str | None, tally) -> None:
         outcome = f"{status} {record.code}"
     elif status in (400, 431) and attrs is not None and len(attrs) > 8000:
         outcome = f"{status} header too large (HTTP layer)"  # h11 refuses before our code runs
-    elif (status == 500 and not os.environ.get("FUZZ_STRICT")
-          and any(signature in response.text for signature in KNOWN_OPEN)):
-        outcome = "500 KNOWN BUG (see KNOWN_OPEN)"
     else:
         tally.fail(f"HTTP {status}: {response.text[:300]} (attrs={attrs!r:.200})", body)
         raise AssertionError(f"HTTP {status} for a {len(body)}-byte body: {response.text[:500]}")
@@ -167,19 +158,17 @@ def corpus_cases() -> list[Path]:
     return sorted(p for p in CORPUS.glob("*") if p.suffix != ".attrs") if CORPUS.exists() else []
 
 
-def _corpus_param(path: Path):
-    if path.name in KNOWN_OPEN_CORPUS:
-        return pytest.param(path, id=path.name, marks=pytest.mark.xfail(
-            strict=True, reason="open bug: " + "; ".join(KNOWN_OPEN.values())))
-    return pytest.param(path, id=path.name)
-
-
-@pytest.mark.parametrize("path", [_corpus_param(p) for p in corpus_cases()])
-def test_regression_corpus(fuzz_server, tally, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FUZZ_STRICT", "1")  # corpus inputs must be answered properly
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in corpus_cases()])
+def test_regression_corpus(fuzz_server, tally, path: Path) -> None:
     attrs_file = path.with_suffix(".attrs")
     attrs = attrs_file.read_text(encoding="latin-1") if attrs_file.exists() else None
     check(fuzz_server, path.read_bytes(), attrs, tally("server-corpus"))
+
+
+@pytest.mark.parametrize("name, code", sorted(FIXED.items()))
+def test_fixed_inputs_get_their_exact_error(fuzz_server, name: str, code: str) -> None:
+    response = httpx.post(f"{fuzz_server.url}/invocations", content=(CORPUS / name).read_bytes(), timeout=60)
+    assert ErrorRecord.from_json(response.content).code == code, response.text
 
 
 valid_attributes = st.one_of(st.none(), st.builds(

@@ -252,3 +252,22 @@ def test_word_timestamps_are_refused_not_silently_dropped(backend, audio):
     with pytest.raises(ContractError) as exc:
         backend.transcribe_chunks([audio[0][1]], DecodeOptions(language="en", word_timestamps=True))
     assert exc.value.code is ErrorCode.BAD_OPTION and "faster-whisper" in exc.value.message
+
+
+def test_server_pipeline_runs_the_torch_backend_end_to_end(backend):
+    """The shared pipeline (decode, VAD, chunking, formats) drives the torch backend as is."""
+    from whisper_contract import ContractError, ErrorCode, RequestOptions
+    from whisper_eval.clips import clip
+    from whisper_server.pipeline import transcribe_file
+    from whisper_server.settings import Settings
+
+    assert backend.word_timestamps is False
+    c = clip("LJ001-0004")  # AAC in M4A: decoded by the server's PyAV path, not by this test
+    settings = Settings(model_dir="unused", backend="torch", device="cpu")
+    t = transcribe_file(c.path, RequestOptions(), backend, settings)
+    assert t.model.backend == "torch" and t.language == "en"
+    assert wer(c.reference, t.text) <= 0.2
+    assert all(s.words is None for s in t.segments)
+    with pytest.raises(ContractError) as exc:
+        transcribe_file(c.path, RequestOptions(word_timestamps=True), backend, settings)
+    assert exc.value.code is ErrorCode.BAD_OPTION and "torch backend" in exc.value.message

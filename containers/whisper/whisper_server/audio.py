@@ -65,7 +65,12 @@ def _open(path: Path) -> "av.container.InputContainer":
 
 def _audio_stream(container: "av.container.InputContainer") -> "av.audio.stream.AudioStream":
     if container.streams.audio:
-        return container.streams.audio[0]
+        stream = container.streams.audio[0]
+        if stream.codec_context is None:
+            # e.g. a WAV whose format tag names no codec (0, or 0xFFFE without its extension)
+            raise ContractError(ErrorCode.UNSUPPORTED_MEDIA,
+                                f"the {container.format.name} file's audio uses a codec FFmpeg cannot decode")
+        return stream
     name = container.format.name
     if container.streams.video and not (name in _NON_MEDIA_FORMATS or name.endswith("_pipe")):
         raise ContractError(ErrorCode.NO_AUDIO_STREAM, f"the {name} file has no audio track")

@@ -166,6 +166,10 @@ def _chunk(buffer: np.ndarray, offset: int, regions: list[dict[str, int]]) -> Ch
 
 def validate(options: RequestOptions, backend: Backend) -> None:
     """Reject what the model cannot do before any audio is decoded."""
+    if options.word_timestamps and not backend.word_timestamps:
+        raise ContractError(ErrorCode.BAD_OPTION,
+                            f"word_timestamps is not available with the {backend.info.backend} backend; "
+                            "use the faster-whisper backend")
     if not backend.multilingual:
         if options.language not in (None, "en"):
             raise ContractError(ErrorCode.BAD_OPTION,
@@ -299,8 +303,9 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                 if not backend.multilingual:
                     language_probability = 1.0
             decode = DecodeOptions(language=language, task=options.task, beam_size=options.beam_size,
-                                   # always: word times place text correctly across cut-out silences
-                                   word_timestamps=True,
+                                   # whenever the backend can: word times place text correctly
+                                   # across cut-out silences
+                                   word_timestamps=backend.word_timestamps,
                                    initial_prompt=options.initial_prompt, hotwords=options.hotwords)
         batch.append(chunk)
         if len(batch) >= settings.batch_size:

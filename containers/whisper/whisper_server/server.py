@@ -91,6 +91,10 @@ class WhisperService:
         if self.backend is None or self.drain_started is not None:
             reason = self.load_error or ("shutting down" if self.drain_started else "model is loading")
             return error_response(ContractError(ErrorCode.NOT_READY, f"not ready: {reason}"))
+        # A backend with a child process (tritonserver) reports its death here, so SageMaker
+        # replaces the instance instead of sending it work that can only fail.
+        if not getattr(self.backend, "alive", lambda: True)():
+            return error_response(ContractError(ErrorCode.NOT_READY, "not ready: the inference backend died"))
         return Response('{"status": "ready"}', media_type=CONTENT_TYPES["json"])
 
     async def invocations(self, request: Request) -> Response:

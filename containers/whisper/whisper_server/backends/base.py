@@ -39,6 +39,10 @@ class DecodeOptions:
 class Backend(Protocol):
     info: ModelInfo
     multilingual: bool
+    # False where the model exposes no cross-attention to align words with (TensorRT-LLM
+    # engines) or the aligner is not written yet (torch): the server then neither asks for
+    # words nor accepts a request for them.
+    word_timestamps: bool
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """Most likely language of up to 30 s of audio, and its probability."""

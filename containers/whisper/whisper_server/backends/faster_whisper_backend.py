@@ -81,6 +81,7 @@ class FasterWhisperBackend:
             local_files_only=True,
         )
         self.multilingual = bool(self.model.model.is_multilingual)
+        self.word_timestamps = True
         self._local = threading.local()
         self.info = ModelInfo(
             model=settings.label,

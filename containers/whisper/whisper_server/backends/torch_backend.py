@@ -229,6 +229,7 @@ class TorchBackend:
         self.tokenizer = tokenizer
         self.sp = tokenizer.specials
         self.multilingual = model.dims.n_vocab >= 51865
+        self.word_timestamps = False  # no cross-attention aligner yet
         self.max_batch = max_batch
         self.use_graphs = use_graphs
         self.cross_int8 = cross_int8

@@ -185,6 +185,7 @@ def compatibility_problems(manifest: EngineManifest) -> list[str]:
 
 class TritonBackend:
     multilingual = True
+    word_timestamps = False  # TensorRT-LLM engines expose no cross-attention weights
 
     def __init__(self, settings: object | None = None, *, launch: TritonLaunch | None = None) -> None:
         if launch is None:
