@@ -207,6 +207,14 @@ def _load(model_dir: str | Path, *, device: str = "auto", dtype: str | None = No
                 max_batch=max_batch, use_graphs=device == "cuda", cross_int8=cross_int8)
 
 
+def _needs_fallback(d: "Decoded") -> bool:
+    """Whisper's rule: retry hotter when the text repeats itself or is unlikely, unless the
+    window is silence anyway."""
+    failed = d.compression_ratio > COMPRESSION_RATIO_THRESHOLD or d.avg_logprob < LOGPROB_THRESHOLD
+    silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD
+    return failed and not silent
+
+
 class TorchBackend:
     """Backend protocol implementation.
 
@@ -357,9 +365,7 @@ class TorchBackend:
             retry = []
             for row, d in zip(todo, decoded):
                 results[row] = d
-                failed = d.compression_ratio > COMPRESSION_RATIO_THRESHOLD or d.avg_logprob < LOGPROB_THRESHOLD
-                silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD
-                if failed and not silent and n + 1 < len(temps):
+                if _needs_fallback(d) and n + 1 < len(temps):
                     retry.append(row)
             todo = retry
             if not todo:
@@ -419,9 +425,7 @@ class TorchBackend:
             retry = []
             for i in todo:
                 d = results[i] = decoded[i]
-                failed = d.compression_ratio > COMPRESSION_RATIO_THRESHOLD or d.avg_logprob < LOGPROB_THRESHOLD
-                silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD
-                if failed and not silent and n + 1 < len(temps):
+                if _needs_fallback(d) and n + 1 < len(temps):
                     retry.append(i)
             todo = retry
             if not todo:
