@@ -32,6 +32,9 @@ from whisper_constructs.common import acknowledge, nag_region_account
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "containers/whisper/Dockerfile"
+# TensorRT-LLM engines load only under the TensorRT-LLM that built them: the triton backend's
+# image is built FROM the engine build's image (engine_build.build_image in cdk.json).
+TRITON_DOCKERFILE = "containers/whisper/Dockerfile.triton"
 # The build context is the repository root; only these paths may reach the image (and the
 # asset hash), so a change to tests or docs does not rebuild a multi-gigabyte image.
 CONTEXT_ALLOW = ("containers/whisper", "whisper_contract")
@@ -45,6 +48,11 @@ class ImageStack(Stack):
                  removal_policy: RemovalPolicy, context_dir: Path = REPO_ROOT, dockerfile: str = DOCKERFILE,
                  **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        build_args: dict[str, str] = {}
+        if cfg.backend == "triton" and dockerfile == DOCKERFILE:
+            assert cfg.engine_build is not None  # config validation requires it for triton
+            dockerfile = TRITON_DOCKERFILE
+            build_args["TRITON_IMAGE"] = cfg.engine_build.build_image
         if not (context_dir / dockerfile).is_file():
             raise FileNotFoundError(f"{context_dir / dockerfile} is missing: the byoc packaging builds the image "
                                     "from it")
@@ -53,6 +61,7 @@ class ImageStack(Stack):
             self, "ServingImage",
             directory=str(context_dir),
             file=dockerfile,
+            build_args=build_args or None,
             platform=PLATFORM,
             # Docker (v2 schema 2) media types: SageMaker also rejects OCI image manifests, which a
             # containerd image store produces by default.

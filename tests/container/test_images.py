@@ -98,3 +98,34 @@ def test_serve_script_drops_the_sagemaker_argument():
                           timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "--port" in proc.stdout and "SAGEMAKER_BIND_TO_PORT" in proc.stdout
+
+
+TRITON = WHISPER / "Dockerfile.triton"
+
+
+def test_triton_image_is_lint_clean_and_serves_with_the_triton_backend(hadolint):
+    proc = subprocess.run([hadolint, str(TRITON)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = _instructions(TRITON)
+    ops = dict(steps[::-1])
+    assert ops["ENTRYPOINT"] == '["serve"]' and ops["EXPOSE"] == "8080"
+    assert ops["USER"].split(":")[0] not in ("0", "root")
+    env_block = " ".join(arg for op, arg in steps if op == "ENV")
+    assert "WHISPER_BACKEND=triton" in env_block and "WHISPER_TRITONSERVER=/opt/tritonserver/bin/tritonserver" in env_block
+    # Built FROM the engine build's image (an ARG the CDK app fills from cdk.json).
+    assert [arg for op, arg in steps if op == "FROM"][-1] == "${TRITON_IMAGE}"
+    installs = [arg for op, arg in steps if op == "RUN" and "pip install" in arg]
+    assert len(installs) == 1 and "-r /tmp/requirements-triton.txt" in installs[0]
+
+
+def test_triton_requirements_are_the_tested_ones():
+    lines = [ln.split("#")[0].strip() for ln in (WHISPER / "requirements-triton.txt").read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
+    assert lines[0] == "-r requirements.txt"
+    engines = (REPO / "requirements" / "engines.txt").read_text()
+    for pin in lines[1:]:
+        name, version = pin.split("==")
+        assert re.search(rf"^{re.escape(name.split('[')[0])}\[[^\]]*\]=={re.escape(version)}$|^{re.escape(name)}=={re.escape(version)}$",
+                         engines, re.M), f"{pin} differs from requirements/engines.txt"
+    ignore = (WHISPER / "Dockerfile.triton.dockerignore").read_text()
+    assert "!containers/whisper/requirements-triton.txt" in ignore

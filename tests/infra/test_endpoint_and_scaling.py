@@ -127,6 +127,11 @@ def test_triton_backend_serves_the_configured_engine_version(synth_variant: Any)
     assert container["Environment"][env_names.BACKEND] == "triton"
     assert container["ModelDataSource"]["S3DataSource"]["S3Uri"] == output_url(
         "models", "dev", "engines/large-v3/v20261123-1/")
+    # The serving image is built FROM the engine build's image: same TensorRT-LLM version.
+    assert synth.stacks.image is not None
+    image = next(iter(synth.asset_manifest(synth.stacks.image)["dockerImages"].values()))["source"]
+    assert image["dockerFile"] == "containers/whisper/Dockerfile.triton"
+    assert image["dockerBuildArgs"] == {"TRITON_IMAGE": dev_build["build_image"]}
 
 
 def test_scalable_target_min_zero_and_service_linked_role(any_env: Synth) -> None:
