@@ -4,8 +4,8 @@ DEMO_OUT ?= demo-output
 
 .PHONY: demo local-pipeline test-pipeline
 
-demo: install ## run the whole pipeline locally on the shipped clips (or AUDIO=<dir>); results in ./demo-output/
-	$(PY) -m whisper_local.demo --out $(DEMO_OUT) $(if $(AUDIO),--audio "$(AUDIO)",)
+demo: install ## the whole pipeline locally on the shipped clips (or AUDIO=<dir>; MODEL=base for multilingual) -> ./demo-output/
+	$(PY) -m whisper_local.demo --out $(DEMO_OUT) --model $(MODEL) $(if $(AUDIO),--audio "$(AUDIO)",)
 
 local-pipeline: install ## keep the local pipeline up in the foreground for `whisper-sm --env local` (Ctrl-C stops it)
 	$(abspath $(VENV))/bin/whisper-sm local

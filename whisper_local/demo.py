@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio", type=Path, help="folder of your own audio (default: the shipped clips)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--model-dir", type=Path, help="CTranslate2 Whisper model (default: bundled tiny.en)")
+    parser.add_argument("--model-dir", type=Path, help="CTranslate2 Whisper model folder (overrides --model)")
+    parser.add_argument("--model", default="tiny.en", choices=("tiny.en", "base"),
+                        help="bundled model: English-only tiny.en (default) or multilingual base")
     parser.add_argument("--concurrency", type=int, default=2, help="MaxConcurrentInvocationsPerInstance")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all results")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The handlers log every skip and submission at INFO, as in CloudWatch; -v shows them here.
     logging.getLogger("whisper").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    config = PipelineConfig(model_dir=args.model_dir, max_concurrency=args.concurrency)
+    config = PipelineConfig(model_dir=args.model_dir, bundled_model=args.model, max_concurrency=args.concurrency)
     # SIGTERM (e.g. from `timeout` or CI) unwinds like Ctrl-C, so the children are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

