@@ -9,7 +9,6 @@ stand-in in a temporary directory (never inside the repository) and says so in t
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from aws_cdk import assertions
 from stacks.application import WhisperStacks, build_stacks
 from stacks.config import EnvConfig, load_env_config
 from stacks.engine_build import BUILDSPEC
-from stacks.image import DOCKERFILE, REPO_ROOT
+from stacks.image import REPO_ROOT
 
 CDK_JSON = REPO_ROOT / "cdk.json"
 
@@ -50,20 +49,9 @@ class Synth:
 
 
 @pytest.fixture(scope="session")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(image build context, buildspec): the real ones, or stand-ins while they are missing."""
-    context, buildspec = REPO_ROOT, BUILDSPEC
-    if not (REPO_ROOT / DOCKERFILE).is_file():
-        context = tmp_path_factory.mktemp("image-context")
-        (context / DOCKERFILE).parent.mkdir(parents=True)
-        (context / DOCKERFILE).write_text("FROM public.ecr.aws/docker/library/python:3.12-slim\n")
-        shutil.copytree(REPO_ROOT / "whisper_contract", context / "whisper_contract")
-        print(f"stand-in image context (no {DOCKERFILE} yet): {context}")
-    if not BUILDSPEC.is_file():
-        buildspec = tmp_path_factory.mktemp("buildspec") / "buildspec.yml"
-        buildspec.write_text("version: 0.2\nphases:\n  build:\n    commands:\n      - python -m whisper_engines build\n")
-        print(f"stand-in buildspec (no {BUILDSPEC} yet): {buildspec}")
-    return context, buildspec
+def sources() -> tuple[Path, Path]:
+    """(image build context, buildspec): the real ones."""
+    return REPO_ROOT, BUILDSPEC
 
 
 def synth_env(name: str, outdir: Path, sources: tuple[Path, Path], context: dict[str, Any] | None = None,
