@@ -207,6 +207,20 @@ def _load(model_dir: str | Path, *, device: str = "auto", dtype: str | None = No
                 max_batch=max_batch, use_graphs=device == "cuda", cross_int8=cross_int8)
 
 
+def _pick(logits: Tensor, first_stamp: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """The next token of each row, and the log-probabilities it was drawn from (in place on
+    ``logits``). Whisper's rule first: where the timestamps together are likelier than any
+    single text token, only a timestamp may follow."""
+    logprobs = logits.log_softmax(-1)
+    ts_mass = logprobs[:, first_stamp:].logsumexp(-1)
+    text_best = logprobs[:, :first_stamp].max(-1).values
+    logits[:, :first_stamp].masked_fill_((ts_mass > text_best)[:, None], float("-inf"))
+    logprobs = logits.log_softmax(-1)
+    if temperature > 0:
+        return torch.multinomial((logits / temperature).softmax(-1).nan_to_num(0.0), 1)[:, 0], logprobs
+    return logits.argmax(-1), logprobs
+
+
 def _needs_fallback(d: "Decoded") -> bool:
     """Whisper's rule: retry hotter when the text repeats itself or is unlikely, unless the
     window is silence anyway."""
@@ -523,15 +537,7 @@ class TorchBackend:
             floor = torch.where(last_ts & ~penult_ts, max_stamp, max_stamp + 1)
             floor = torch.where((max_stamp >= 0) & later, floor, torch.zeros_like(floor))
             logits.masked_fill_(is_stamp & (ids[None, :] < floor[:, None]), neg_inf)
-            logprobs = logits.log_softmax(-1)
-            ts_mass = logprobs[:, tb:].logsumexp(-1)
-            text_best = logprobs[:, :tb].max(-1).values
-            logits.masked_fill_((ts_mass > text_best)[:, None] & (ids[None, :] < tb), neg_inf)
-            logprobs = logits.log_softmax(-1)
-            if temperature > 0:
-                token = torch.multinomial((logits / temperature).softmax(-1).nan_to_num(0.0), 1)[:, 0]
-            else:
-                token = logits.argmax(-1)
+            token, logprobs = _pick(logits, tb, temperature)
             active = ~finished
             token = torch.where(active, token, torch.full_like(token, sp.eot))
             sum_lp += torch.where(active, logprobs.gather(1, token[:, None])[:, 0], torch.zeros_like(sum_lp))
@@ -599,15 +605,7 @@ class TorchBackend:
                 floor = torch.where(last_ts & ~penult_ts, max_stamp, max_stamp + 1)
                 floor = torch.where(max_stamp >= 0, floor, torch.zeros_like(floor))
                 logits.masked_fill_(is_stamp & (ids[None, :] < floor[:, None]), neg_inf)
-            logprobs = logits.log_softmax(-1)
-            ts_mass = logprobs[:, tb:].logsumexp(-1)
-            text_best = logprobs[:, :tb].max(-1).values
-            logits.masked_fill_((ts_mass > text_best)[:, None] & (ids[None, :] < tb), neg_inf)
-            logprobs = logits.log_softmax(-1)
-            if temperature > 0:
-                token = torch.multinomial((logits / temperature).softmax(-1), 1)[:, 0]
-            else:
-                token = logits.argmax(-1)
+            token, logprobs = _pick(logits, tb, temperature)
             token = torch.where(finished, torch.full_like(token, sp.eot), token)
             sum_lp += torch.where(finished, torch.zeros_like(sum_lp), logprobs.gather(1, token[:, None])[:, 0])
             out[:, step] = token
