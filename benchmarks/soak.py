@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,13 +32,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from whisper_local.net import free_port
+
 AUDIO = Path(__file__).resolve().parents[1] / "tests" / "data" / "audio" / "en_librispeech_test-clean_2830-3980-0043.flac"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import httpx
 from whisper_contract import env
 from whisper_contract.keys import ASYNC_FAILURE_PREFIX, ASYNC_OUTPUT_PREFIX
 from whisper_local.lambda_poller import SqsPoller
+from whisper_local.net import free_port
 from whisper_local.sagemaker_async import AsyncEndpointConfig, AsyncRuntime
 
 log = logging.getLogger("whisper_local")
@@ -47,12 +47,6 @@ FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 
 def default_state_path() -> Path:
     return Path(os.environ.get(STATE_ENV) or Path.home() / ".cache" / "whisper-sagemaker" / "local-pipeline.json")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from whisper_contract import ContractError, ErrorCode
+from whisper_local.net import free_port
 
 READY_TIMEOUT_S = 120
 _STATUS_CODES = {429: ErrorCode.OVERLOADED, 503: ErrorCode.NOT_READY}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Inner:

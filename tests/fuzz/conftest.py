@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
+from whisper_local.net import free_port
+
 CORPUS = Path(__file__).with_name("corpus")
 STATS_DIR = Path(os.environ.get("FUZZ_STATS_DIR", "build/fuzz"))
 
@@ -34,12 +35,6 @@ _COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), database=
 settings.register_profile("fuzz-ci", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), derandomize=True,
                           **_COMMON)
 settings.register_profile("fuzz-campaign", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), **_COMMON)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -134,14 +129,3 @@ def fuzz_server(tiny_en_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()

@@ -9,20 +9,9 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from whisper_local.pipeline import free_port
 
 REGION = "us-east-1"
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> str:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @dataclass

@@ -9,20 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
-from whisper_local.pipeline import free_port
+from whisper_local.net import free_port
 
 FAKE_CONTAINER = Path(__file__).with_name("fake_container.py")
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> str:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="session")
