@@ -7,10 +7,18 @@ any document whose major version they know and ignore fields they do not.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 RESULT_SCHEMA_VERSION = "1.0"
+
+
+def _known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
+    """``cls`` from the fields it knows: a newer writer may add fields to any block."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -123,10 +131,10 @@ class Transcript:
             language_probability=float(data["language_probability"]),
             duration=float(data["duration"]),
             segments=segments,
-            model=ModelInfo(**data["model"]),
-            timings=Timings(**data["timings"]),
+            model=_known_fields(ModelInfo, data["model"]),
+            timings=_known_fields(Timings, data["timings"]),
             options=dict(data.get("options") or {}),
-            source=SourceInfo(**source) if source else None,
+            source=_known_fields(SourceInfo, source) if source else None,
             schema_version=str(data.get("schema_version", RESULT_SCHEMA_VERSION)),
         )
 

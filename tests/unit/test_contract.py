@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -90,6 +91,17 @@ def test_transcript_json_round_trip_keeps_words_and_source() -> None:
 def test_transcript_without_words_has_no_words_key() -> None:
     data = json.loads(_transcript(words=False).to_json())
     assert all("words" not in s for s in data["segments"])
+
+
+def test_readers_ignore_unknown_fields_at_every_level() -> None:
+    """A newer writer (say, one that adds cost fields) must not break an older reader: the
+    completion Lambda would otherwise turn every success into an ``internal`` error."""
+    data = _transcript().to_dict()
+    data["schema_version"] = "1.7"
+    for block in [data, data["model"], data["timings"], data["source"], *data["segments"],
+                  *(w for s in data["segments"] for w in s["words"])]:
+        block["added_later"] = {"nested": [1, 2]}
+    assert Transcript.from_dict(data) == dataclasses.replace(_transcript(), schema_version="1.7")
 
 
 def test_unknown_major_schema_is_refused() -> None:
