@@ -129,10 +129,12 @@ def collect(paths: Iterable[Path], prefix: str = "") -> list[tuple[Path, str]]:
     return pairs
 
 
-def upload(target: Target, pairs: list[tuple[Path, str]], options: RequestOptions,
-           progress: Callable[[int], None] | None = None) -> list[Submission]:
+def upload(target: Target, pairs: list[tuple[Path, str]], options: RequestOptions, *,
+           explicit: Iterable[str] = (), progress: Callable[[int], None] | None = None) -> list[Submission]:
+    """Upload with ``options`` as user metadata; the options named in ``explicit`` travel even
+    where they equal the defaults, everything else is left to the deployment's DEFAULT_OPTIONS."""
     # The trigger reads the same names back from the object's user metadata.
-    metadata = dict(parse_qsl(options.to_query()))
+    metadata = dict(parse_qsl(options.to_query(explicit), keep_blank_values=True))
     for name, value in metadata.items():
         if not value.isascii():
             raise ValueError(f"option {name} must be ASCII: it travels as S3 object metadata")

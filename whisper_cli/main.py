@@ -29,7 +29,9 @@ STYLE = {"uploaded": "dim", "pending": "yellow", "submitted": "cyan", "completed
          "superseded": "magenta"}
 
 
-def _options(args: argparse.Namespace) -> RequestOptions:
+def _options(args: argparse.Namespace) -> tuple[RequestOptions, frozenset[str]]:
+    """The options, and the names of those the user gave: they travel even where they equal
+    RequestOptions' defaults, so the deployment's DEFAULT_OPTIONS cannot replace them."""
     pairs = {}
     for name in ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords"):
         value = getattr(args, name, None)
@@ -39,7 +41,7 @@ def _options(args: argparse.Namespace) -> RequestOptions:
         pairs["word_timestamps"] = "true"
     if args.no_vad:
         pairs["vad"] = "false"
-    return RequestOptions.from_pairs(pairs)
+    return RequestOptions.from_pairs(pairs), frozenset(pairs)
 
 
 def _target(args: argparse.Namespace) -> core.Target:
@@ -52,7 +54,7 @@ def _submissions(args: argparse.Namespace, target: core.Target) -> list[core.Sub
 
 # --- commands ---------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
-    options = _options(args)
+    options, explicit = _options(args)
     target = _target(args)
     pairs = core.collect([Path(p) for p in args.paths], prefix=args.prefix)
     if not pairs:
@@ -62,7 +64,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]upload[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("upload", total=total)
-        subs = core.upload(target, pairs, options, progress=lambda n: bar.advance(task, n))
+        subs = core.upload(target, pairs, options, explicit=explicit, progress=lambda n: bar.advance(task, n))
     core.save_manifest(args.env, subs)
     for sub in subs:
         console.print(f"s3://{target.input_bucket}/{sub.key}  [dim]{sub.inference_id}[/dim]")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode
 
 from whisper_contract.errors import ContractError, ErrorCode
@@ -126,23 +126,35 @@ class RequestOptions:
             raise ContractError(ErrorCode.BAD_OPTION, f"malformed options string: {exc}") from None
         return cls.from_pairs(pairs)
 
-    def to_query(self) -> str:
-        """Only non-default values, so the string stays short and readable in logs."""
+    def to_query(self, explicit: Iterable[str] = ()) -> str:
+        """Non-default values, so the string stays short and readable in logs, plus every
+        option named in ``explicit`` even where it equals the default.
+
+        ``explicit`` is for options a user chose: the trigger fills whatever the object's
+        metadata leaves out from the deployment's ``DEFAULT_OPTIONS``, so a user's
+        ``formats=json`` must travel although it is ``RequestOptions``' own default.
+        An explicit ``None`` travels as an empty value, which ``from_pairs`` reads back as None.
+        """
+        names = [f.name for f in dataclasses.fields(self) if f.name != "extra"]
+        chosen = frozenset(explicit)
+        unknown = chosen - set(names)
+        if unknown:
+            raise ValueError(f"not option names: {sorted(unknown)}")
         pairs: list[tuple[str, str]] = []
         default = RequestOptions()
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
+        for name in names:
+            value = getattr(self, name)
+            if value == getattr(default, name) and name not in chosen:
                 continue
-            value = getattr(self, f.name)
-            if value == getattr(default, f.name):
-                continue
-            if isinstance(value, bool):
+            if value is None:
+                text = ""
+            elif isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, tuple):
                 text = ",".join(value)
             else:
                 text = str(value)
-            pairs.append((f.name, text))
+            pairs.append((name, text))
         return urlencode(pairs)
 
     def to_custom_attributes(self) -> str:

@@ -9,6 +9,7 @@ import pytest
 from moto import mock_aws
 
 from whisper_cli import core
+from whisper_contract import RequestOptions
 
 
 def template(outputs: dict[str, str]) -> str:
@@ -94,3 +95,48 @@ def test_non_ascii_options_are_refused_before_upload(tmp_path):
     target = core.Target("dev", "i", "o", "e", s3=None)  # never reached
     with pytest.raises(ValueError, match="initial_prompt must be ASCII"):
         core.upload(target, [(tmp_path / "a.mp3", "a.mp3")], RequestOptions(initial_prompt="Grüße"))
+
+
+def test_options_the_user_gives_survive_the_deployments_defaults(moto_url, monkeypatch, tmp_path):
+    """`submit --formats json` against a deployment whose DEFAULT_OPTIONS ask for four formats:
+    the trigger (real handler, moto S3 in server mode) must run the job with json only, and
+    still take from the defaults what the user did not say (vad=false here)."""
+    import uuid
+
+    from botocore.stub import ANY, Stubber
+
+    from whisper_cli.main import _options, build_parser
+    from whisper_contract import env
+    from whisper_contract.jobs import JobRecord
+    from whisper_contract.keys import job_key, plain_etag
+    from whisper_lambdas.submit.handler import Submitter
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    suffix = uuid.uuid4().hex[:8]
+    inp, out = f"cli-in-{suffix}", f"cli-out-{suffix}"
+    s3.create_bucket(Bucket=inp)
+    s3.create_bucket(Bucket=out)
+    audio = tmp_path / "a.flac"
+    audio.write_bytes(b"fLaC not really, the endpoint is stubbed")
+    args = build_parser().parse_args(["submit", str(audio), "--formats", "json", "--language", "auto"])
+    options, explicit = _options(args)
+    [sub] = core.upload(core.Target("dev", inp, out, "e", s3), [(audio, "a.flac")], options, explicit=explicit)
+
+    runtime = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    head = s3.head_object(Bucket=inp, Key="a.flac")
+    with Stubber(runtime) as stub:
+        stub.add_response("invoke_endpoint_async", {"InferenceId": sub.inference_id, "OutputLocation": "s3://o/x.out"},
+                          {"EndpointName": "e", "InputLocation": f"s3://{inp}/a.flac", "InferenceId": sub.inference_id,
+                           "CustomAttributes": "vad=false", "ContentType": ANY, "Accept": ANY,
+                           "InvocationTimeoutSeconds": ANY, "RequestTTLSeconds": ANY})
+        Submitter(s3, runtime, {env.ENDPOINT_NAME: "e", env.OUTPUT_BUCKET: out,
+                                env.DEFAULT_OPTIONS: "formats=json,txt,srt,vtt&vad=false&language=en"}).submit(
+            inp, "a.flac", None, plain_etag(head["ETag"]), head["ContentLength"])
+        stub.assert_no_pending_responses()
+
+    record = JobRecord.from_json(s3.get_object(Bucket=out, Key=job_key(sub.inference_id))["Body"].read())
+    ran = RequestOptions.from_query(record.options)
+    assert (ran.formats, ran.language, ran.vad) == (("json",), None, False)

@@ -46,6 +46,16 @@ def test_defaults_encode_to_empty_string() -> None:
     assert RequestOptions.from_query("language=auto").language is None
 
 
+def test_options_named_explicit_travel_even_when_they_equal_the_defaults() -> None:
+    opts = RequestOptions(formats=("json",), language=None, beam_size=3)
+    assert opts.to_query() == "beam_size=3"
+    wire = opts.to_query(["formats", "language"])
+    assert wire == "language=&formats=json&beam_size=3"
+    assert RequestOptions.from_query(wire) == opts
+    with pytest.raises(ValueError, match="not option names"):
+        opts.to_query(["fromats"])
+
+
 @pytest.mark.parametrize("query, fragment", [
     ("language=xx", "language 'xx'"),
     ("task=summarise", "task must be one of"),
