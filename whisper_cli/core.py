@@ -27,6 +27,8 @@ from whisper_contract.keys import inference_id, is_audio_key, job_key, plain_eta
 LOCAL = "local"
 # CloudFormation output keys the CDK stacks publish (stacks/storage.py, the endpoint stack).
 OUTPUT_KEYS = {"input_bucket": "InputBucketName", "output_bucket": "OutputBucketName", "endpoint_name": "EndpointName"}
+# The stacks that publish them, by the part of their name after ``Whisper-<env>-``.
+OUTPUT_STACKS = {"Storage": ("InputBucketName", "OutputBucketName"), "Endpoint": ("EndpointName",)}
 # Environment variables that override the stack outputs (e.g. for a hand-built deployment).
 OVERRIDE_ENV = {"input_bucket": "WHISPER_INPUT_BUCKET", "output_bucket": "WHISPER_OUTPUT_BUCKET",
                 "endpoint_name": "WHISPER_ENDPOINT_NAME"}
@@ -69,22 +71,37 @@ def resolve(env_name: str, *, state_path: Path | None = None, profile: str | Non
             names[field] = os.environ[var]
     missing = [OUTPUT_KEYS[f] for f in OUTPUT_KEYS if not names.get(f)]
     if missing:
-        raise RuntimeError(f"no stack of environment {env_name!r} has the outputs {', '.join(missing)}; "
-                           f"deploy it (make deploy ENV={env_name}) or set {', '.join(OVERRIDE_ENV.values())}")
+        stacks = ", ".join(stack_name(env_name, part) for part in OUTPUT_STACKS)
+        raise RuntimeError(f"the stacks {stacks} of environment {env_name!r} do not have the outputs "
+                           f"{', '.join(missing)}; deploy it (make deploy ENV={env_name}) or set "
+                           f"{', '.join(OVERRIDE_ENV.values())}")
     return Target(env_name, names["input_bucket"], names["output_bucket"], names["endpoint_name"],
                   session.client("s3"), session=session)
 
 
+def stack_name(env_name: str, part: str) -> str:
+    """The name the CDK app gives a stack of an environment (stacks/application.py; the
+    snapshots in tests/infra/snapshots/<env>/ are named so, which a test checks)."""
+    return f"Whisper-{env_name}-{part}"
+
+
 def stack_outputs(cloudformation: Any, env_name: str) -> dict[str, str]:
-    """Outputs of the live stacks whose name contains the environment name, by our keys."""
+    """Outputs of exactly the environment's stacks that publish them, by our keys. Exact
+    names, never a substring: ``dev`` must not find ``payments-dev-db``'s outputs."""
     wanted = {v: k for k, v in OUTPUT_KEYS.items()}
     found: dict[str, str] = {}
-    for page in cloudformation.get_paginator("describe_stacks").paginate():
-        for stack in page["Stacks"]:
-            if env_name.lower() not in stack["StackName"].lower() or stack["StackStatus"].endswith("_FAILED"):
+    for part, keys in OUTPUT_STACKS.items():
+        try:
+            stacks = cloudformation.describe_stacks(StackName=stack_name(env_name, part))["Stacks"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ValidationError":  # "Stack ... does not exist"
+                continue
+            raise
+        for stack in stacks:
+            if stack["StackStatus"].endswith("_FAILED"):
                 continue
             for output in stack.get("Outputs", []):
-                if output["OutputKey"] in wanted:
+                if output["OutputKey"] in keys:
                     found[wanted[output["OutputKey"]]] = output["OutputValue"]
     return found
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -10,6 +11,10 @@ from moto import mock_aws
 
 from whisper_cli import core
 from whisper_contract import RequestOptions
+
+REPO = Path(__file__).resolve().parents[2]
+REPO_CDK_JSON = REPO / "cdk.json"
+SNAPSHOTS = REPO / "tests" / "infra" / "snapshots"
 
 
 def template(outputs: dict[str, str]) -> str:
@@ -31,10 +36,10 @@ def cloud(monkeypatch):
 
 
 def test_resolves_buckets_and_endpoint_from_the_environments_stacks(cloud):
-    cloud.create_stack(StackName="WhisperStorage-dev", TemplateBody=template(
+    cloud.create_stack(StackName="Whisper-dev-Storage", TemplateBody=template(
         {"InputBucketName": "in-dev", "OutputBucketName": "out-dev", "ModelBucketName": "m"}))
-    cloud.create_stack(StackName="WhisperEndpoint-dev", TemplateBody=template({"EndpointName": "whisper-dev"}))
-    cloud.create_stack(StackName="WhisperStorage-prod", TemplateBody=template(
+    cloud.create_stack(StackName="Whisper-dev-Endpoint", TemplateBody=template({"EndpointName": "whisper-dev"}))
+    cloud.create_stack(StackName="Whisper-prod-Storage", TemplateBody=template(
         {"InputBucketName": "in-prod", "OutputBucketName": "out-prod"}))
 
     target = core.resolve("dev")
@@ -42,8 +47,39 @@ def test_resolves_buckets_and_endpoint_from_the_environments_stacks(cloud):
     assert (target.input_bucket, target.output_bucket, target.endpoint_name) == ("in-dev", "out-dev", "whisper-dev")
 
 
+def test_only_the_environments_own_stacks_are_read(cloud):
+    """`dev` is a substring of many stack names in a shared account; only the exact names the
+    CDK app gives count (moto CloudFormation lists stacks in creation order)."""
+    cloud.create_stack(StackName="Whisper-dev-Storage", TemplateBody=template(
+        {"InputBucketName": "in-dev", "OutputBucketName": "out-dev"}))
+    cloud.create_stack(StackName="Whisper-dev-Endpoint", TemplateBody=template({"EndpointName": "whisper-dev"}))
+    for impostor in ("payments-dev-db", "Whisper-devtest-Storage", "Whisper-dev-Storage-old"):
+        cloud.create_stack(StackName=impostor, TemplateBody=template(
+            {"InputBucketName": "theirs", "OutputBucketName": "theirs", "EndpointName": "theirs"}))
+
+    target = core.resolve("dev")
+
+    assert (target.input_bucket, target.output_bucket, target.endpoint_name) == ("in-dev", "out-dev", "whisper-dev")
+
+
+def test_an_environment_without_its_own_stacks_is_not_found_by_substring(cloud):
+    cloud.create_stack(StackName="payments-dev-db", TemplateBody=template(
+        {"InputBucketName": "theirs", "OutputBucketName": "theirs", "EndpointName": "theirs"}))
+    with pytest.raises(RuntimeError, match="Whisper-dev-Storage, Whisper-dev-Endpoint"):
+        core.resolve("dev")
+
+
+@pytest.mark.parametrize("env_name", sorted(json.loads(REPO_CDK_JSON.read_text())["context"]["environments"]))
+def test_stack_names_are_those_of_the_cdk_app(env_name):
+    """The CLI cannot import the CDK app (a user's venv has no aws_cdk). The reviewed template
+    snapshots carry the app's stack names, and tests/infra checks them against the app."""
+    for part, outputs in core.OUTPUT_STACKS.items():
+        snapshot = json.loads((SNAPSHOTS / env_name / f"{core.stack_name(env_name, part)}.json").read_text())
+        assert set(outputs) <= set(snapshot["Outputs"]), part
+
+
 def test_missing_outputs_name_what_is_missing(cloud):
-    cloud.create_stack(StackName="WhisperStorage-dev", TemplateBody=template({"InputBucketName": "in-dev"}))
+    cloud.create_stack(StackName="Whisper-dev-Storage", TemplateBody=template({"InputBucketName": "in-dev"}))
     with pytest.raises(RuntimeError, match="OutputBucketName, EndpointName"):
         core.resolve("dev")
 
@@ -79,8 +115,9 @@ def test_status_reads_instances_and_backlog(cloud, capsys):
         cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[{
             "MetricName": "ApproximateBacklogSize", "Value": value,
             "Dimensions": [{"Name": "EndpointName", "Value": "whisper-dev"}]}])
-    cloud.create_stack(StackName="WhisperAll-dev", TemplateBody=template(
-        {"InputBucketName": "i", "OutputBucketName": "o", "EndpointName": "whisper-dev"}))
+    cloud.create_stack(StackName="Whisper-dev-Storage", TemplateBody=template(
+        {"InputBucketName": "i", "OutputBucketName": "o"}))
+    cloud.create_stack(StackName="Whisper-dev-Endpoint", TemplateBody=template({"EndpointName": "whisper-dev"}))
 
     from whisper_cli.main import main
 
