@@ -106,20 +106,48 @@ def stack_outputs(cloudformation: Any, env_name: str) -> dict[str, str]:
     return found
 
 
+# AWS/SageMaker dimensions, as AWS publishes them (SageMaker guide "Alarms and logs for tracking
+# metrics from asynchronous endpoints"): the async backlog metrics carry EndpointName alone,
+# the invocation metrics EndpointName and VariantName; a query with another set finds nothing.
+BACKLOG_METRICS = ("ApproximateBacklogSize", "HasBacklogWithoutCapacity")
+VARIANT_METRICS = ("Invocation4XXErrors", "Invocation5XXErrors")
+STATUS_WINDOW = timedelta(minutes=10)
+
+
+def metric_dimensions(metric: str, endpoint_name: str, variant_name: str | None = None) -> list[dict[str, str]]:
+    dims = [{"Name": "EndpointName", "Value": endpoint_name}]
+    if metric in BACKLOG_METRICS:
+        return dims
+    if metric in VARIANT_METRICS and variant_name:
+        return dims + [{"Name": "VariantName", "Value": variant_name}]
+    raise ValueError(f"no dimension rule for {metric!r} (variant {variant_name!r})")
+
+
 def aws_status(session: Any, endpoint_name: str) -> dict[str, Any]:
+    """Instances from DescribeEndpoint; the latest backlog and the last 10 minutes' errors
+    from CloudWatch."""
     endpoint = session.client("sagemaker").describe_endpoint(EndpointName=endpoint_name)
     variants = endpoint.get("ProductionVariants", [])
+    cloudwatch = session.client("cloudwatch")
     now = datetime.now(timezone.utc)
-    stats = session.client("cloudwatch").get_metric_statistics(
-        Namespace="AWS/SageMaker", MetricName="ApproximateBacklogSize",
-        Dimensions=[{"Name": "EndpointName", "Value": endpoint_name}],
-        StartTime=now - timedelta(minutes=10), EndTime=now + timedelta(minutes=1), Period=60, Statistics=["Maximum"])
-    points = sorted(stats.get("Datapoints", []), key=lambda p: p["Timestamp"])
-    return {"endpoint_name": endpoint_name, "endpoint_status": endpoint.get("EndpointStatus"),
-            "instances": sum(v.get("CurrentInstanceCount", 0) for v in variants),
-            "desired_instances": sum(v.get("DesiredInstanceCount", 0) for v in variants),
-            "backlog": points[-1]["Maximum"] if points else None,
-            "backlog_at": points[-1]["Timestamp"].isoformat() if points else None}
+
+    def points(metric: str, statistic: str, variant: str | None = None) -> list[dict[str, Any]]:
+        stats = cloudwatch.get_metric_statistics(
+            Namespace="AWS/SageMaker", MetricName=metric, Dimensions=metric_dimensions(metric, endpoint_name, variant),
+            StartTime=now - STATUS_WINDOW, EndTime=now + timedelta(minutes=1), Period=60, Statistics=[statistic])
+        return sorted(stats.get("Datapoints", []), key=lambda p: p["Timestamp"])
+
+    backlog = points("ApproximateBacklogSize", "Maximum")
+    status: dict[str, Any] = {
+        "endpoint_name": endpoint_name, "endpoint_status": endpoint.get("EndpointStatus"),
+        "instances": sum(v.get("CurrentInstanceCount", 0) for v in variants),
+        "desired_instances": sum(v.get("DesiredInstanceCount", 0) for v in variants),
+        "backlog": backlog[-1]["Maximum"] if backlog else None,
+        "backlog_at": backlog[-1]["Timestamp"].isoformat() if backlog else None,
+    }
+    for metric, name in zip(VARIANT_METRICS, ("client_errors_10min", "model_errors_10min")):
+        status[name] = sum(p["Sum"] for v in variants for p in points(metric, "Sum", v["VariantName"]))
+    return status
 
 
 # --- submissions ------------------------------------------------------------------------

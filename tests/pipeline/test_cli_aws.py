@@ -177,3 +177,44 @@ def test_options_the_user_gives_survive_the_deployments_defaults(moto_url, monke
     record = JobRecord.from_json(s3.get_object(Bucket=out, Key=job_key(sub.inference_id))["Body"].read())
     ran = RequestOptions.from_query(record.options)
     assert (ran.formats, ran.language, ran.vad) == (("json",), None, False)
+
+
+def test_status_queries_each_metric_with_the_dimensions_aws_publishes():
+    """Backlog metrics carry EndpointName alone, invocation metrics EndpointName+VariantName:
+    the Stubber refuses any call whose Dimensions differ, so a wrong set cannot read as 'no data'."""
+    from datetime import datetime, timedelta, timezone
+
+    from botocore.stub import ANY, Stubber
+
+    sagemaker = boto3.client("sagemaker", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+    cloudwatch = boto3.client("cloudwatch", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+    now = datetime.now(timezone.utc)
+    endpoint = {"EndpointName": "ep", "EndpointStatus": "InService", "EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/ep",
+                "EndpointConfigName": "c", "CreationTime": now, "LastModifiedTime": now, "ProductionVariants": [
+                    {"VariantName": "blue", "CurrentInstanceCount": 2, "DesiredInstanceCount": 3},
+                    {"VariantName": "green", "CurrentInstanceCount": 1, "DesiredInstanceCount": 1}]}
+
+    def expect(stub, metric, statistic, dims, values):
+        stub.add_response("get_metric_statistics", {"Datapoints": [
+            {"Timestamp": now - timedelta(minutes=i), statistic: v} for i, v in enumerate(values)]}, {
+            "Namespace": "AWS/SageMaker", "MetricName": metric, "Dimensions": dims, "Statistics": [statistic],
+            "StartTime": ANY, "EndTime": ANY, "Period": 60})
+
+    ep = {"Name": "EndpointName", "Value": "ep"}
+    with Stubber(sagemaker) as sm_stub, Stubber(cloudwatch) as cw_stub:
+        sm_stub.add_response("describe_endpoint", endpoint, {"EndpointName": "ep"})
+        expect(cw_stub, "ApproximateBacklogSize", "Maximum", [ep], [4, 9])  # newest first: 4 is the latest
+        for metric, per_variant in (("Invocation4XXErrors", (1, 2)), ("Invocation5XXErrors", (0, 5))):
+            for variant, value in zip(("blue", "green"), per_variant):
+                expect(cw_stub, metric, "Sum", [ep, {"Name": "VariantName", "Value": variant}], [value])
+
+        class Session:
+            def client(self, name):
+                return {"sagemaker": sagemaker, "cloudwatch": cloudwatch}[name]
+
+        status = core.aws_status(Session(), "ep")
+        sm_stub.assert_no_pending_responses()
+        cw_stub.assert_no_pending_responses()
+
+    assert (status["instances"], status["desired_instances"], status["backlog"]) == (3, 4, 4)
+    assert (status["client_errors_10min"], status["model_errors_10min"]) == (3, 5)
