@@ -8,6 +8,7 @@ file is "done" exactly when its transcript or its ``.error.json`` has been writt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from whisper_contract import RequestOptions
 from whisper_contract.jobs import FINAL_STATES, JobRecord
-from whisper_contract.keys import inference_id, is_audio_key, job_key, plain_etag
+from whisper_contract.keys import ERROR_SUFFIX, inference_id, is_audio_key, job_key, plain_etag
 
 LOCAL = "local"
 # CloudFormation output keys the CDK stacks publish (stacks/storage.py, the endpoint stack).
@@ -255,13 +256,66 @@ def wait(target: Target, submissions: list[Submission], *, timeout_s: float = 36
         time.sleep(poll_s)
 
 
-def download(target: Target, record: JobRecord, out_dir: Path) -> list[Path]:
-    written = []
+# --- local file names -------------------------------------------------------------------
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems (ext4, XFS, APFS)
+HASH_CHARS = 16  # hex digits of SHA-256 that stand in for the cut part of a long name
+KEPT_SUFFIXES = (ERROR_SUFFIX, ".json", ".txt", ".srt", ".vtt")  # what the pipeline writes
+
+
+class UnsafeKey(ValueError):
+    """An output key that would be written outside the download folder."""
+
+
+def local_path(out_dir: Path, key: str) -> Path:
+    """Where the output object ``key`` is written under ``out_dir``.
+
+    The key's own path where that is possible. A path component longer than NAME_MAX bytes
+    is cut at a character boundary and ends in ``~`` + HASH_CHARS hex digits of the SHA-256 of
+    the key up to that component, plus the format suffix (``.json``, ``.error.json``...), so
+    the same key always maps to the same name and two long keys do not share one (download()
+    refuses a key whose name another key of the same run already took). Keys that could
+    leave ``out_dir`` (absolute, ``.``/``..``/empty components, NUL) raise UnsafeKey.
+    """
+    parts = key.split("/")
+    if any(part in ("", ".", "..") or "\0" in part for part in parts):
+        raise UnsafeKey(f"refusing to write {key!r}: it would land outside {out_dir} "
+                        "(absolute, empty, '.' or '..' path components)")
+    local = []
+    for i, part in enumerate(parts):
+        if len(part.encode()) > NAME_MAX:
+            suffix = next((s for s in KEPT_SUFFIXES if part.endswith(s)), "") if i == len(parts) - 1 else ""
+            digest = hashlib.sha256("/".join(parts[: i + 1]).encode()).hexdigest()[:HASH_CHARS]
+            tail = f"~{digest}{suffix}"
+            head = part[: len(part) - len(suffix)].encode()[: NAME_MAX - len(tail.encode())]
+            part = head.decode(errors="ignore") + tail  # errors="ignore" drops a cut character
+        local.append(part)
+    return out_dir.joinpath(*local)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    key: str  # output-bucket key
+    path: Path | None  # where it was written; None if it was refused
+    problem: str | None = None  # why it was refused
+    renamed: bool = False  # written under a cut name (see local_path)
+
+
+def download(target: Target, record: JobRecord, out_dir: Path, taken: dict[Path, str] | None = None) -> list[Fetched]:
+    """Every file the job wrote, each under its local_path(); a key that cannot be written
+    safely is refused with the reason and the others are still fetched. ``taken`` (path ->
+    key) spans one run of several jobs, so no key overwrites another one's file."""
+    taken = {} if taken is None else taken
+    fetched = []
     for key in record.result_keys:
-        if key.startswith("/") or ".." in Path(key).parts:
-            raise ValueError(f"refusing to write {key!r} outside {out_dir}")
-        dest = out_dir / key
+        try:
+            dest = local_path(out_dir, key)
+        except UnsafeKey as exc:
+            fetched.append(Fetched(key, None, str(exc)))
+            continue
+        if taken.setdefault(dest, key) != key:
+            fetched.append(Fetched(key, None, f"refusing to write {key!r}: {dest} is {taken[dest]!r}'s"))
+            continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         target.s3.download_file(target.output_bucket, key, str(dest))
-        written.append(dest)
-    return written
+        fetched.append(Fetched(key, dest, renamed=dest != out_dir.joinpath(*key.split("/"))))
+    return fetched

@@ -76,12 +76,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _wait_and_get(target: core.Target, subs: list[core.Submission], args: argparse.Namespace) -> int:
     states = follow(target, subs, args.timeout)
     failed = [k for k, r in states.items() if r is None or r.state != "completed"]
+    refused = 0
     if getattr(args, "out", None):
+        taken: dict[Path, str] = {}
         for record in states.values():
             if record is not None and record.finished:
-                for path in core.download(target, record, Path(args.out)):
-                    console.print(f"[dim]wrote[/dim] {path}")
-    return 1 if failed else 0
+                refused += report(core.download(target, record, Path(args.out), taken))
+    return 1 if failed or refused else 0
+
+
+def report(fetched: list[core.Fetched]) -> int:
+    """Print what was written and what was refused; the number refused."""
+    for item in fetched:
+        if item.path is None:
+            console.print(f"[red]skipped[/red] {item.problem}")
+        elif item.renamed:
+            console.print(f"[dim]wrote[/dim] {item.path} [dim](key {item.key!r} is too long for a local file name)[/dim]")
+        else:
+            console.print(f"[dim]wrote[/dim] {item.path}")
+    return sum(1 for item in fetched if item.path is None)
 
 
 def follow(target: core.Target, subs: list[core.Submission], timeout_s: float) -> dict:
@@ -112,14 +125,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     target = _target(args)
     missing = 0
+    taken: dict[Path, str] = {}
     for sub in _submissions(args, target):
         record = core.job(target, sub)
         if record is None or not record.finished:
             console.print(f"[yellow]{sub.key}: not finished ({record.state if record else 'uploaded'})[/yellow]")
             missing += 1
             continue
-        for path in core.download(target, record, Path(args.out)):
-            console.print(f"[dim]wrote[/dim] {path}")
+        missing += report(core.download(target, record, Path(args.out), taken))
     return 1 if missing else 0
 
 

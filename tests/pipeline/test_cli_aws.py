@@ -218,3 +218,40 @@ def test_status_queries_each_metric_with_the_dimensions_aws_publishes():
 
     assert (status["instances"], status["desired_instances"], status["backlog"]) == (3, 4, 4)
     assert (status["client_errors_10min"], status["model_errors_10min"]) == (3, 5)
+
+
+def test_get_refuses_an_unsafe_key_and_still_fetches_the_rest(cloud, monkeypatch, tmp_path, capsys):
+    """A job record (anyone who can write the output bucket can forge one) naming `../…`
+    costs that one file, never the others nor a write outside --out; a key too long for a
+    local file name is written under its cut name."""
+    from whisper_cli.main import main
+    from whisper_contract.jobs import COMPLETED, JobRecord
+    from whisper_contract.keys import inference_id, job_key, plain_etag
+
+    for var, value in {"WHISPER_INPUT_BUCKET": "in-b", "WHISPER_OUTPUT_BUCKET": "out-b", "WHISPER_ENDPOINT_NAME": "e"}.items():
+        monkeypatch.setenv(var, value)
+    s3 = boto3.client("s3", region_name="eu-west-1")
+    for bucket in ("in-b", "out-b"):
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    long_key = "x" * 251 + ".mp3"
+    wanted = ["../escape.json", "a.mp3.json", f"{long_key}.json", "a.mp3.srt"]
+    for key in ("a.mp3", long_key):
+        s3.put_object(Bucket="in-b", Key=key, Body=b"ID3")
+        etag = plain_etag(s3.head_object(Bucket="in-b", Key=key)["ETag"])
+        job = inference_id("in-b", key, etag)
+        results = tuple(k for k in wanted if k.startswith(key) or (key == "a.mp3" and k.startswith("..")))
+        for result in results:
+            s3.put_object(Bucket="out-b", Key=result, Body=result.encode())
+        s3.put_object(Bucket="out-b", Key=job_key(job), Body=JobRecord(
+            job, "in-b", key, COMPLETED, "", etag=etag, result_keys=results).to_json().encode())
+    out = tmp_path / "out"
+
+    code = main(["get", "a.mp3", long_key, "--env", "dev", "--out", str(out)])
+
+    assert code == 1  # something was refused, and the exit status says so
+    assert "refusing to write '../escape.json'" in capsys.readouterr().err.replace("\n", "")
+    assert not (tmp_path / "escape.json").exists()
+    written = {p.name: p.read_text() for p in out.iterdir()}
+    assert {written["a.mp3.json"], written["a.mp3.srt"]} == {"a.mp3.json", "a.mp3.srt"}
+    [cut] = [name for name in written if name.startswith("xxx")]
+    assert written[cut] == f"{long_key}.json" and cut.endswith(".json") and len(cut.encode()) <= 255

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import whisper_local.pipeline as pipeline_module
-from whisper_local import demo
+from whisper_cli import demo
 from whisper_local.pipeline import LocalPipeline, LocalState, PipelineConfig
 
 FAKE = str(Path(__file__).with_name("fake_container.py"))

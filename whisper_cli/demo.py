@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from whisper_cli import core
-from whisper_cli.main import follow
+from whisper_cli.main import follow, report
 from whisper_contract import RequestOptions
-from whisper_contract.keys import is_audio_key
+from whisper_contract.keys import ERROR_SUFFIX, is_audio_key
 from whisper_eval.clips import SHIPPED
 from whisper_local.pipeline import LocalPipeline, PipelineConfig
 
@@ -48,7 +48,9 @@ def demo_inputs(audio_dir: Path | None, scratch: Path) -> tuple[list[tuple[Path,
     return pairs, skipped
 
 
-def summary(records: dict, out_dir: Path) -> Table:
+def summary(records: dict, fetched: dict[str, list[core.Fetched]], out_dir: Path) -> Table:
+    """One row per input, read from the files downloaded for it (``fetched``: input key ->
+    what download() did; local names may differ from keys, see core.local_path)."""
     table = Table(title=f"results in {out_dir}/")
     for column in ("input", "result", "language", "audio s", "compute s", "text / error"):
         table.add_column(column, overflow="fold")
@@ -56,14 +58,19 @@ def summary(records: dict, out_dir: Path) -> Table:
         if record is None or not record.finished:
             table.add_row(key, "[yellow]unfinished[/yellow]", "", "", "", "")
             continue
-        if record.state == "completed":
-            data = json.loads((out_dir / f"{key}.json").read_text())
+        paths = [f.path for f in fetched.get(key, []) if f.path is not None]
+        transcript = next((p for p in paths if p.name.endswith(".json") and not p.name.endswith(ERROR_SUFFIX)), None)
+        error = next((p for p in paths if p.name.endswith(ERROR_SUFFIX)), None)
+        if record.state == "completed" and transcript is not None:
+            data = json.loads(transcript.read_text())
             text = data["text"].strip()
             table.add_row(key, "[green]transcript[/green]", data["language"], f"{data['duration']:.1f}",
                           f"{data['timings']['processing_seconds']:.1f}", text[:80] + ("..." if len(text) > 80 else ""))
+        elif error is not None:
+            err = json.loads(error.read_text())["error"]
+            table.add_row(key, f"[red]{record.state}[/red]", "", "", "", f"{err['code']}: {err['message']}")
         else:
-            error = json.loads((out_dir / f"{key}.error.json").read_text())["error"]
-            table.add_row(key, f"[red]{record.state}[/red]", "", "", "", f"{error['code']}: {error['message']}")
+            table.add_row(key, f"[red]{record.state}[/red]", "", "", "", record.message or "no result file downloaded")
     return table
 
 
@@ -88,11 +95,14 @@ def run(audio_dir: Path | None, out_dir: Path, config: PipelineConfig, timeout_s
         with console.status(f"uploading {len(pairs)} files..."):
             subs = core.upload(target, pairs, RequestOptions())  # the deployment's DEFAULT_OPTIONS apply
         records = follow(target, subs, timeout_s)
-        for record in records.values():
+        fetched: dict[str, list[core.Fetched]] = {}
+        taken: dict[Path, str] = {}
+        for key, record in records.items():
             if record is not None and record.finished:
-                core.download(target, record, out_dir)
+                fetched[key] = core.download(target, record, out_dir, taken)
+                report([f for f in fetched[key] if f.path is None or f.renamed])  # the rest is in the summary
         runtime_status = target.status()
-    console.print(summary(records, out_dir))
+    console.print(summary(records, fetched, out_dir))
     done = sum(1 for r in records.values() if r is not None and r.finished)
     console.print(f"{done}/{len(records)} inputs finished ({runtime_status['completed']} transcribed, "
                   f"{runtime_status['failed']} failed at the model) in {time.time() - started:.1f} s; "
@@ -101,7 +111,7 @@ def run(audio_dir: Path | None, out_dir: Path, config: PipelineConfig, timeout_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m whisper_local.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m whisper_cli.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio", type=Path, help="folder of your own audio (default: the shipped clips)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
