@@ -4,8 +4,9 @@ DEMO_OUT ?= demo-output
 
 .PHONY: demo local-pipeline test-pipeline
 
-demo: install ## the whole pipeline locally on the shipped clips (or AUDIO=<dir>; MODEL=base for multilingual) -> ./demo-output/
-	$(PY) -m whisper_cli.demo --out $(DEMO_OUT) --model $(MODEL) $(if $(AUDIO),--audio "$(AUDIO)",)
+# MODEL's global default (tiny.en, for serve) is not the demo's: its clips need the multilingual base.
+demo: install ## the whole pipeline locally on the shipped clips (or AUDIO=<dir>; MODEL=tiny.en for English-only, faster) -> ./demo-output/
+	$(PY) -m whisper_cli.demo --out $(DEMO_OUT) $(if $(filter command line,$(origin MODEL)),--model $(MODEL),) $(if $(AUDIO),--audio "$(AUDIO)",)
 
 local-pipeline: install ## keep the local pipeline up in the foreground for `whisper-sm --env local` (Ctrl-C stops it)
 	$(abspath $(VENV))/bin/whisper-sm local

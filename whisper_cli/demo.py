@@ -30,6 +30,9 @@ from whisper_local.pipeline import LocalPipeline, PipelineConfig
 
 console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables in logs too
 BROKEN_NAME = "broken-upload.wav"  # a .wav whose bytes are not audio: shows the error path
+# Multilingual, because the shipped clips include Japanese and Mandarin: the English-only
+# tiny.en renders those as English nonsense. It costs time (docs/benchmarks.md).
+DEFAULT_MODEL = "base"
 
 
 def demo_inputs(audio_dir: Path | None, scratch: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
@@ -116,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", type=Path, help="folder of your own audio (default: the shipped clips)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--model-dir", type=Path, help="CTranslate2 Whisper model folder (overrides --model)")
-    parser.add_argument("--model", default="tiny.en", choices=("tiny.en", "base"),
-                        help="bundled model: English-only tiny.en (default) or multilingual base")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=("tiny.en", "base"),
+                        help=f"bundled model: multilingual base or English-only tiny.en (default {DEFAULT_MODEL})")
     parser.add_argument("--concurrency", type=int, default=2, help="MaxConcurrentInvocationsPerInstance")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all results")
     parser.add_argument("-v", "--verbose", action="store_true")

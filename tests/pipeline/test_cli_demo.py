@@ -34,3 +34,20 @@ def test_a_251_byte_file_name_gets_its_transcript_under_a_cut_name(tmp_path):
     assert all(len(n.encode()) <= NAME_MAX for n in cut)
     [transcript] = [out / n for n in cut if n.endswith(".json")]
     assert json.loads(transcript.read_text())["source"]["key"] == long_name
+
+
+def test_the_default_demo_model_handles_every_language_it_ships(tmp_path):
+    """`make demo` with no arguments must show right output for every clip it uploads: an
+    English-only model turns the ja/zh clips into English nonsense."""
+    import ctranslate2
+
+    from whisper_contract.options import LANGUAGES
+    from whisper_eval.clips import load_clips
+    from whisper_server.bundled import bundled_model_dir
+
+    model = ctranslate2.models.Whisper(str(bundled_model_dir(demo.DEFAULT_MODEL)), device="cpu", compute_type="int8")
+    supported = LANGUAGES if model.is_multilingual else {"en"}
+    languages = {c.name: c.language for c in load_clips()}
+    pairs, _ = demo.demo_inputs(None, tmp_path)
+    shipped = {languages[path.name] for path, _ in pairs if path.name in languages}
+    assert shipped and shipped <= supported, (demo.DEFAULT_MODEL, shipped - supported)
