@@ -276,3 +276,45 @@ def test_make_deploy_deploys_storage_then_checks_the_model_then_the_rest():
     rest = out.index("--require-approval broadening --all")
     assert storage < guard < rest
     assert "Whisper-dev-EngineBuild" in out[guard:rest]  # exit 3 (triton, no engines): only the build stack
+
+
+@pytest.fixture(scope="module")
+def mini_hf(tmp_path_factory, tiny_en_dir):
+    """A Hugging Face Whisper checkpoint small enough to convert in seconds: random weights of a
+    64-wide, one-layer Whisper, with tiny.en's real tokenizer (what the converter reads the
+    vocabulary from) and an 80-bin feature extractor."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    folder = tmp_path_factory.mktemp("hf-mini")
+    WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=51864, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=1,
+        decoder_attention_heads=1, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
+    )).save_pretrained(folder)
+    WhisperTokenizerFast(tokenizer_file=str(tiny_en_dir / "tokenizer.json")).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def test_faster_whisper_gets_a_ctranslate2_conversion_with_the_configured_quantization(cfg, mini_hf, tmp_path):
+    import ctranslate2
+
+    target = model_tool.ModelTarget.of(dataclasses.replace(cfg, compute_type="int8"))
+    ready, quantization = model_tool.prepare(target, mini_hf, tmp_path, log=lambda m: None)
+
+    assert quantization == "int8"
+    assert sorted(model_tool.model_files(ready, target.format)) == [
+        "config.json", "model.bin", "preprocessor_config.json", "tokenizer.json", "vocabulary.json"]
+    model = ctranslate2.models.Whisper(str(ready), device="cpu", compute_type="int8")
+    assert not model.is_multilingual and model.n_mels == 80
+
+
+def test_torch_and_triton_take_the_hugging_face_files_as_published(cfg, mini_hf, tiny_en_dir, tmp_path):
+    torch_target = model_tool.ModelTarget.of(dataclasses.replace(cfg, backend="torch"))
+    assert model_tool.prepare(torch_target, mini_hf, tmp_path) == (mini_hf, "as-provided")
+    assert model_tool.prepare(torch_target, tiny_en_dir, tmp_path) == (tiny_en_dir, "as-provided")  # loads CT2 too
+    assert sorted(model_tool.model_files(mini_hf, "huggingface")) == [
+        "config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+        "tokenizer_config.json"]
+    triton = model_tool.ModelTarget("dev", "large-v3", "triton", "hf/x/", "huggingface", "none")
+    with pytest.raises(ValueError, match="backend 'triton' needs a huggingface model; .* is ctranslate2"):
+        model_tool.prepare(triton, tiny_en_dir, tmp_path)
