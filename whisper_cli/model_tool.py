@@ -71,6 +71,12 @@ class ModelTarget:
         return cls(cfg.name, cfg.model_id, cfg.backend, cfg.engine_build.base_model_prefix, "huggingface", "none")
 
     @property
+    def accepts(self) -> tuple[str, ...]:
+        """Forms the backend loads (torch_convert reads CTranslate2's model.bin too)."""
+        return ("huggingface", "ctranslate2") if self.backend == "torch" and self.format == "huggingface" \
+            else (self.format,)
+
+    @property
     def make_command(self) -> str:
         return f"make model ENV={self.env} MODEL={self.model_id}"
 
@@ -100,10 +106,12 @@ def source_kind(path: Path) -> str:
                      "checkpoint (config.json + *.safetensors) nor a model.tar.gz from `make package-dlc`")
 
 
-def model_files(path: Path, fmt: str) -> dict[str, Path]:
-    """Relative path -> local file of what gets uploaded (hidden files and old manifests left out)."""
+def model_files(path: Path, target: ModelTarget) -> dict[str, Path]:
+    """Relative path -> local file of what gets uploaded (hidden files and old manifests left out).
+    A tarball is uploaded under the name the endpoint reads, whatever it is called locally."""
     if path.is_file():
-        return {path.name: path}
+        return {target.location.rsplit("/", 1)[-1]: path}
+    fmt = source_kind(path)
     files = {}
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path).as_posix()
@@ -152,18 +160,18 @@ def prepare(target: ModelTarget, source: Path, work_dir: Path,
             source, work_dir, log)
         log(f"packaging {ct2} for the stock SageMaker PyTorch container")
         return build(ct2, work_dir / Path(target.location).name), quantization
-    if kind == target.format or (target.backend == "torch" and kind == "ctranslate2"):
-        return source, "as-provided"  # (the torch backend loads CTranslate2 weights too)
+    if kind in target.accepts:
+        return source, "as-provided"
     if target.format == "ctranslate2" and kind == "huggingface":
         log(f"converting {source} to CTranslate2 (quantization {target.quantization})")
         return convert_to_ct2(source, work_dir / "ct2", target.quantization), target.quantization
     raise ValueError(f"backend {target.backend!r} needs a {target.format} model; {source} is {kind}")
 
 
-def build_manifest(target: ModelTarget, files: dict[str, Path], *, model_id: str, source: str, revision: str,
-                   quantization: str) -> ModelManifest:
+def build_manifest(target: ModelTarget, ready: Path, files: dict[str, Path], *, model_id: str, source: str,
+                   revision: str, quantization: str) -> ModelManifest:
     return ModelManifest(
-        model_id=model_id, backend=target.backend, format=target.format, source=source, revision=revision,
+        model_id=model_id, backend=target.backend, format=source_kind(ready), source=source, revision=revision,
         quantization=quantization,
         files=tuple(ModelFile(rel, p.stat().st_size, sha256_file(p)) for rel, p in sorted(files.items())),
         created_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -286,9 +294,10 @@ def check(s3: Any, bucket: str, cfg: EnvConfig) -> Verdict:
     if manifest.model_id != cfg.model_id:
         return Verdict(EXIT_MISSING, f"The model at {where} is {manifest.model_id}, but cdk.json says model_id "
                                      f"{cfg.model_id} for {cfg.name}. {fix}")
-    if (manifest.backend, manifest.format) != (target.backend, target.format):
-        return Verdict(EXIT_MISSING, f"The model at {where} was prepared for backend {manifest.backend} "
-                                     f"({manifest.format}), but {cfg.name} uses {target.backend} ({target.format}). {fix}")
+    if manifest.format not in target.accepts:
+        return Verdict(EXIT_MISSING, f"The model at {where} is a {manifest.format} model (prepared for backend "
+                                     f"{manifest.backend}), but {cfg.name} uses backend {target.backend}, which loads "
+                                     f"{' or '.join(target.accepts)}. {fix}")
     for f in manifest.files:
         if not _remote_matches(s3, bucket, object_key(target.location, f.path), f):
             return Verdict(EXIT_MISSING, f"s3://{bucket}/{object_key(target.location, f.path)} is missing or does "
@@ -361,9 +370,9 @@ def run(args: argparse.Namespace) -> int:
             with console.status(f"downloading {hub_repo(args.model or cfg.model_id)} from the Hugging Face hub"):
                 source, origin, revision = fetch(args.model or cfg.model_id, args.revision)
         ready, quantization = prepare(target, source, Path(tmp), log=lambda m: console.print(m, highlight=False))
-        files = model_files(ready, target.format)
+        files = model_files(ready, target)
         with console.status("checksumming"):
-            manifest = build_manifest(target, files, model_id=args.model or cfg.model_id, source=origin,
+            manifest = build_manifest(target, ready, files, model_id=args.model or cfg.model_id, source=origin,
                                       revision=revision, quantization=quantization)
         with Progress(TextColumn("[bold]upload[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       TimeElapsedColumn(), console=console) as bar:

@@ -55,8 +55,8 @@ def cfg():
 
 def put(s3, bucket, cfg, folder):
     target = model_tool.ModelTarget.of(cfg)
-    files = model_tool.model_files(folder, target.format)
-    manifest = model_tool.build_manifest(target, files, model_id=cfg.model_id, source=str(folder),
+    files = model_tool.model_files(folder, target)
+    manifest = model_tool.build_manifest(target, folder, files, model_id=cfg.model_id, source=str(folder),
                                          revision="local", quantization="as-provided")
     sent = []
     report = model_tool.upload(s3, bucket, target.location, files, manifest, progress=sent.append)
@@ -188,12 +188,16 @@ def test_guard_corrupt_manifest_and_changed_object(s3, cfg, seeded, tiny_en_dir)
                                     "(from the hub; add SOURCE=<folder> to upload a local model)")
 
 
-def test_guard_refuses_a_model_prepared_for_another_backend_or_model(s3, cfg, first_upload):
+def test_guard_refuses_a_model_of_another_form_or_model(s3, cfg, first_upload):
     bucket = first_upload[0]
-    torch_cfg = dataclasses.replace(cfg, backend="torch")
-    assert model_tool.check(s3, bucket, torch_cfg).message.startswith(
-        f"The model at s3://{bucket}/{PREFIX} was prepared for backend faster-whisper (ctranslate2), but dev uses "
-        "torch (huggingface).")
+    assert model_tool.check(s3, bucket, dataclasses.replace(cfg, backend="torch")).code == model_tool.EXIT_OK
+    hf = new_bucket(s3)  # a torch upload (Hugging Face files) where faster-whisper would read
+    stored = s3.get_object(Bucket=bucket, Key=PREFIX + "model-manifest.json")["Body"].read()
+    torch_manifest = dataclasses.replace(ModelManifest.from_json(stored), backend="torch", format="huggingface")
+    s3.put_object(Bucket=hf, Key=PREFIX + "model-manifest.json", Body=torch_manifest.to_json().encode())
+    assert model_tool.check(s3, hf, cfg).message.startswith(
+        f"The model at s3://{hf}/{PREFIX} is a huggingface model (prepared for backend torch), but dev uses backend "
+        "faster-whisper, which loads ctranslate2.")
     other = model_tool.check(s3, bucket, dataclasses.replace(cfg, model_id="large-v3"))
     assert other.message.startswith(f"The model at s3://{bucket}/{PREFIX} is tiny.en, but cdk.json says model_id "
                                     "large-v3 for dev.")
@@ -302,7 +306,7 @@ def test_faster_whisper_gets_a_ctranslate2_conversion_with_the_configured_quanti
     ready, quantization = model_tool.prepare(target, mini_hf, tmp_path, log=lambda m: None)
 
     assert quantization == "int8"
-    assert sorted(model_tool.model_files(ready, target.format)) == [
+    assert sorted(model_tool.model_files(ready, target)) == [
         "config.json", "model.bin", "preprocessor_config.json", "tokenizer.json", "vocabulary.json"]
     model = ctranslate2.models.Whisper(str(ready), device="cpu", compute_type="int8")
     assert not model.is_multilingual and model.n_mels == 80
@@ -312,7 +316,7 @@ def test_torch_and_triton_take_the_hugging_face_files_as_published(cfg, mini_hf,
     torch_target = model_tool.ModelTarget.of(dataclasses.replace(cfg, backend="torch"))
     assert model_tool.prepare(torch_target, mini_hf, tmp_path) == (mini_hf, "as-provided")
     assert model_tool.prepare(torch_target, tiny_en_dir, tmp_path) == (tiny_en_dir, "as-provided")  # loads CT2 too
-    assert sorted(model_tool.model_files(mini_hf, "huggingface")) == [
+    assert sorted(model_tool.model_files(mini_hf, torch_target)) == [
         "config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
         "tokenizer_config.json"]
     triton = model_tool.ModelTarget("dev", "large-v3", "triton", "hf/x/", "huggingface", "none")
