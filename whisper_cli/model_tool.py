@@ -30,7 +30,7 @@ from stacks.config import EnvConfig, load_env_config
 from whisper_contract.engine_spec import MANIFEST_NAME as ENGINE_MANIFEST_NAME
 from whisper_contract.engine_spec import EngineManifest
 from whisper_contract.model_manifest import (
-    MANIFEST_NAME, SHA256_METADATA, ModelFile, ModelManifest, is_prefix, manifest_key, object_key,
+    MANIFEST_NAME, SHA256_METADATA, ModelFile, ModelManifest, manifest_key, object_key,
 )
 
 # stacks/application.py names stacks f"{APP_NAME}-{env}-<Part>"; stacks/storage.py has the output.
