@@ -17,8 +17,18 @@ synth: install ## synthesize every stack of every environment (no AWS account ne
 diff: install ## show what `make deploy ENV=...` would change (needs AWS credentials)
 	$(CDK_DEPLOY_ENV) $(CDK) diff -c env=$(ENV) -o cdk.out/$(ENV) --all
 
-deploy: install ## deploy every stack of ENV (needs AWS credentials, a bootstrapped account and Docker)
-	$(CDK_DEPLOY_ENV) $(CDK) deploy -c env=$(ENV) -o cdk.out/$(ENV) --all --require-approval broadening
+# The endpoint cannot start without its model, and the model bucket is created by the Storage
+# stack: Storage first, then the guard (whisper-sm model --check; it says how to upload the model),
+# then the rest. For triton without engines yet the guard exits 3: deploy the EngineBuild stack,
+# which builds them, and stop.
+DEPLOY = $(CDK_DEPLOY_ENV) $(CDK) deploy -c env=$(ENV) -o cdk.out/$(ENV) --require-approval broadening
+
+deploy: install ## deploy ENV: the Storage stack, then (if the model is in its bucket) every other stack
+	$(DEPLOY) Whisper-$(ENV)-Storage
+	@rc=0; $(abspath $(VENV))/bin/whisper-sm model --env $(ENV) --check || rc=$$?; \
+	if [ $$rc -eq 3 ]; then $(DEPLOY) Whisper-$(ENV)-EngineBuild; fi; \
+	if [ $$rc -ne 0 ]; then exit 1; fi
+	$(DEPLOY) --all
 
 synth-time: install ## measure `cdk synth` per environment (docs/benchmarks.md)
 	@for env in $(CDK_ENVS); do \

@@ -5,6 +5,7 @@
     whisper-sm wait  [KEY ...] --env local             # default: the last submit's files
     whisper-sm get   [KEY ...] --env local --out transcripts/
     whisper-sm status --env dev                        # backlog + instance count
+    whisper-sm model --env dev --model large-v3        # weights into the model bucket (whisper_cli.model_tool)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from whisper_cli import core
+from whisper_cli import core, model_tool
 from whisper_contract import ContractError, RequestOptions
 
 console = Console(stderr=True)
@@ -221,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help="CTranslate2 model folder (default: bundled tiny.en)")
     p.add_argument("--concurrency", type=int, default=2)
     p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("model", help="fetch, convert and upload the environment's model; --check: the deploy guard")
+    model_tool.add_arguments(p)
+    p.set_defaults(func=model_tool.run)
     return parser
 
 
