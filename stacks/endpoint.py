@@ -82,11 +82,13 @@ class EndpointStack(Stack):
         if cfg.vpc_only:
             vpc_config = self._isolated_network(key, removal_policy)
 
+        model_data_url, model_data_source = self._model_data(model_bucket)
         self.model = sagemaker.CfnModel(
             self, "Model",
             execution_role_arn=self.role.role_arn,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
-                image=image, environment=self._container_env(), **self._model_data(model_bucket),
+                image=image, environment=self._container_env(), model_data_url=model_data_url,
+                model_data_source=model_data_source,
             ),
             enable_network_isolation=cfg.vpc_only,
             vpc_config=vpc_config,
@@ -196,15 +198,18 @@ class EndpointStack(Stack):
             })
         return env
 
-    def _model_data(self, model_bucket: s3.IBucket) -> dict[str, object]:
+    def _model_data(
+        self, model_bucket: s3.IBucket,
+    ) -> tuple[str | None, sagemaker.CfnModel.ModelDataSourceProperty | None]:
+        """(ModelDataUrl, ModelDataSource): exactly one is set."""
         location = self.cfg.model_data_prefix_or_key
         uri = model_bucket.s3_url_for_object(location)
         if location.endswith(".tar.gz"):
-            return {"model_data_url": uri}
+            return uri, None
         # A prefix is copied to /opt/ml/model as is: no tarball to build for multi-GB weights.
-        return {"model_data_source": sagemaker.CfnModel.ModelDataSourceProperty(
+        return None, sagemaker.CfnModel.ModelDataSourceProperty(
             s3_data_source=sagemaker.CfnModel.S3DataSourceProperty(
-                s3_uri=uri, s3_data_type="S3Prefix", compression_type="None"))}
+                s3_uri=uri, s3_data_type="S3Prefix", compression_type="None"))
 
     def _grant(self, *, key: kms.IKey, input_bucket: s3.IBucket, output_bucket: s3.IBucket,
                model_bucket: s3.IBucket, repository_arn: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the pinned set)
 from aws_cdk import Aws, CfnOutput, CfnRule, CfnRuleAssertion, Duration, Fn, IgnoreMode, RemovalPolicy, Stack, Token
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_ecr as ecr
