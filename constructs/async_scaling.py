@@ -7,8 +7,9 @@ So, as AWS's async samples do:
 * ``ApproximateBacklogSizePerInstance >= target`` -> +1, and +2 at twice the target;
 * ``ApproximateBacklogSizePerInstance < 1`` for ``idle_minutes`` -> -1 (down to min, maybe 0).
 
-Every alarm uses the single dimension ``EndpointName``: async metrics are published per
-endpoint, and an alarm with an extra ``VariantName`` dimension would never see data.
+Every alarm uses the single dimension ``EndpointName``: async backlog metrics are published per
+endpoint (whisper_constructs.sagemaker_metrics holds the table), and an alarm with an extra
+``VariantName`` dimension would never see data.
 """
 
 from __future__ import annotations
@@ -20,16 +21,7 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-NAMESPACE = "AWS/SageMaker"
-VARIANT = "AllTraffic"
-PERIOD = Duration.minutes(1)
-
-
-def endpoint_metric(endpoint_name: str, metric_name: str, statistic: str = "Average",
-                    period: Duration = PERIOD) -> cw.Metric:
-    return cw.Metric(namespace=NAMESPACE, metric_name=metric_name,
-                     dimensions_map={"EndpointName": endpoint_name}, statistic=statistic, period=period)
-
+from whisper_constructs.sagemaker_metrics import VARIANT, sagemaker_metric
 
 class AsyncEndpointScaling(Construct):
     def __init__(
@@ -66,7 +58,7 @@ class AsyncEndpointScaling(Construct):
         # 0 -> 1: the only signal that exists while no instance is running.
         self.scale_out_from_zero_alarm, self.scale_out_from_zero = self._step(
             "ScaleOutFromZero",
-            metric=endpoint_metric(endpoint_name, "HasBacklogWithoutCapacity"),
+            metric=sagemaker_metric(endpoint_name, "HasBacklogWithoutCapacity"),
             threshold=1, periods=1, greater=True, cooldown=scale_out_cooldown,
             steps=[(0, None, 1)],
             description="Requests are waiting and the endpoint has no instance: start one",
@@ -74,7 +66,7 @@ class AsyncEndpointScaling(Construct):
         # 1 -> N: queued requests per running instance above the target.
         self.scale_out_alarm, self.scale_out = self._step(
             "ScaleOutOnBacklog",
-            metric=endpoint_metric(endpoint_name, "ApproximateBacklogSizePerInstance"),
+            metric=sagemaker_metric(endpoint_name, "ApproximateBacklogSizePerInstance"),
             threshold=backlog_per_instance_target, periods=2, greater=True, cooldown=scale_out_cooldown,
             steps=[(0, backlog_per_instance_target, 1), (backlog_per_instance_target, None, 2)],
             description=f"More than {backlog_per_instance_target:g} queued requests per instance: add capacity",
@@ -82,7 +74,7 @@ class AsyncEndpointScaling(Construct):
         # N -> 0: nothing queued or running for idle_minutes.
         self.scale_in_alarm, self.scale_in = self._step(
             "ScaleInWhenIdle",
-            metric=endpoint_metric(endpoint_name, "ApproximateBacklogSizePerInstance"),
+            metric=sagemaker_metric(endpoint_name, "ApproximateBacklogSizePerInstance"),
             threshold=1, periods=idle_minutes, greater=False, cooldown=scale_in_cooldown,
             steps=[(None, 0, -1)],
             description=f"Backlog empty for {idle_minutes} minutes: remove an instance",

@@ -7,7 +7,7 @@ record is retried alone instead of re-running its whole batch. Nothing is droppe
 
 from __future__ import annotations
 
-from aws_cdk import Annotations, Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
@@ -20,7 +20,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from whisper_constructs.common import retention
-from whisper_constructs.lambda_asset import handler_source, stage_lambda_asset
+from whisper_constructs.lambda_asset import stage_lambda_asset
 
 # Newest Python runtime aws-cdk-lib 2.275 knows; the handlers use only 3.11+ features.
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -50,14 +50,18 @@ class QueueFedFunction(Construct):
         tracing: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
+        # The queues use the key by ARN: CDK's S3-notification and SNS-subscription helpers then
+        # cannot add their unconditioned s3/sns.amazonaws.com statements to the key policy, so the
+        # Storage stack's statement (limited by aws:SourceAccount) is the only one for those services.
+        queue_key = kms.Key.from_key_arn(self, "QueueKey", key.key_arn)
         self.dlq = sqs.Queue(
             self, "Dlq",
-            encryption=sqs.QueueEncryption.KMS, encryption_master_key=key,
+            encryption=sqs.QueueEncryption.KMS, encryption_master_key=queue_key,
             retention_period=DLQ_RETENTION, enforce_ssl=True,
         )
         self.queue = sqs.Queue(
             self, "Queue",
-            encryption=sqs.QueueEncryption.KMS, encryption_master_key=key,
+            encryption=sqs.QueueEncryption.KMS, encryption_master_key=queue_key,
             # AWS guidance for Lambda event sources: at least 6x the function timeout.
             visibility_timeout=Duration.seconds(timeout.to_seconds() * 6),
             retention_period=DLQ_RETENTION,
@@ -74,11 +78,6 @@ class QueueFedFunction(Construct):
                              description=f"{description} (least privilege)")
         self.log_group.grant_write(self.role)
 
-        if not handler_source(handler_name).is_file():
-            Annotations.of(self).add_warning_v2(
-                "whisper:missing-handler",
-                f"lambda/{handler_name}/handler.py does not exist yet: the asset holds only whisper_contract",
-            )
         self.function = lambda_.Function(
             self, "Function",
             description=description,

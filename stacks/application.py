@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import aws_cdk as cdk
@@ -12,11 +11,11 @@ from cdk_nag import AwsSolutionsChecks
 
 from stacks.config import EnvConfig, load_env_config
 from stacks.endpoint import EndpointStack
-from stacks.engine_build import BUILDSPEC, EngineBuildStack
-from stacks.image import REPO_ROOT as IMAGE_CONTEXT
+from stacks.engine_build import EngineBuildStack
 from stacks.image import ImageStack
 from stacks.operations import OperationsStack
 from stacks.pipeline import CompletionStack, IngestionStack
+from stacks.props import StackProps
 from stacks.storage import StorageStack
 
 APP_NAME = "Whisper"
@@ -46,55 +45,50 @@ def config_from_app(app: cdk.App, context: Mapping[str, Any] | None = None) -> E
     )
 
 
-def build_stacks(app: cdk.App, cfg: EnvConfig, *, buildspec_path: Path = BUILDSPEC,
-                 image_context: Path = IMAGE_CONTEXT, nag: bool = True) -> WhisperStacks:
-    """All stacks of one environment. The source paths are parameters so tests can point them
-    at stand-ins while another part of the repository is still being written."""
+def build_stacks(app: cdk.App, cfg: EnvConfig, *, nag: bool = True) -> WhisperStacks:
+    """All stacks of one environment."""
     env = cdk.Environment(account=cfg.account, region=cfg.region) if (cfg.account or cfg.region) else None
     prefix = f"{APP_NAME}-{cfg.name}"
 
-    def props(part: str, description: str) -> dict[str, Any]:
-        return {"env": env, "stack_name": f"{prefix}-{part}",
-                "description": f"whisper transcription ({cfg.name}): {description}",
-                "termination_protection": cfg.retain}
+    def props(part: str, description: str) -> StackProps:
+        return StackProps(env=env, stack_name=f"{prefix}-{part}",
+                          description=f"whisper transcription ({cfg.name}): {description}",
+                          termination_protection=cfg.retain)
 
-    storage = StorageStack(app, f"{prefix}-Storage", cfg=cfg,
-                           **props("Storage", "KMS key, buckets, ops topic"))
+    storage = StorageStack(app, f"{prefix}-Storage", cfg=cfg, props=props("Storage", "KMS key, buckets, ops topic"))
     removal = storage.removal_policy
     image = None
     if cfg.packaging == "byoc":
         image = ImageStack(app, f"{prefix}-Image", cfg=cfg, key=storage.key, removal_policy=removal,
-                           context_dir=image_context,
-                           **props("Image", "serving image in ECR"))
+                           props=props("Image", "serving image in ECR"))
     engine = None
     if cfg.engine_build is not None:
         engine = EngineBuildStack(app, f"{prefix}-EngineBuild", cfg=cfg, key=storage.key,
                                   removal_policy=removal,
-                                  buildspec_path=buildspec_path,
-                                  **props("EngineBuild", "TensorRT-LLM engine build on CodeBuild GPU"))
+                                  props=props("EngineBuild", "TensorRT-LLM engine build on CodeBuild GPU"))
     endpoint = EndpointStack(
         app, f"{prefix}-Endpoint", cfg=cfg, key=storage.key, ops_topic=storage.ops_topic,
         removal_policy=removal,
         image_uri=image.image_uri if image else None,
         image_repository_arn=image.repository.repository_arn if image else None,
-        **props("Endpoint", "SageMaker async endpoint, scaling, alarms"),
+        props=props("Endpoint", "SageMaker async endpoint, scaling, alarms"),
     )
     if image is not None:
         endpoint.add_stack_dependency(image, "the image must be copied to ECR before the model is created")
     ingestion = IngestionStack(
         app, f"{prefix}-Ingestion", cfg=cfg, key=storage.key, endpoint_name=endpoint.endpoint_name, ops_topic=storage.ops_topic,
-        removal_policy=removal, **props("Ingestion", "S3 -> SQS -> trigger Lambda"),
+        removal_policy=removal, props=props("Ingestion", "S3 -> SQS -> trigger Lambda"),
     )
     ingestion.add_stack_dependency(endpoint, "the trigger invokes the endpoint by name")
     completion = CompletionStack(
         app, f"{prefix}-Completion", cfg=cfg, key=storage.key, success_topic=endpoint.success_topic,
         error_topic=endpoint.error_topic, ops_topic=storage.ops_topic, removal_policy=removal,
-        **props("Completion", "result topics -> SQS -> completion Lambda"),
+        props=props("Completion", "result topics -> SQS -> completion Lambda"),
     )
     operations = OperationsStack(
         app, f"{prefix}-Operations", cfg=cfg, endpoint_name=endpoint.endpoint_name,
         functions={"trigger": ingestion.trigger, "completion": completion.completer},
-        **props("Operations", "dashboard"),
+        props=props("Operations", "dashboard"),
     )
     operations.add_stack_dependency(endpoint)
     stacks = WhisperStacks(storage, image, engine, endpoint, ingestion, completion, operations)

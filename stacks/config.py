@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from whisper_contract.engine_spec import DTYPES, ENGINE_MODELS, WEIGHT_ONLY, EngineBuildSpec
@@ -26,6 +26,10 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
                       2557, 2922, 3288, 3653)
 # SageMaker limits for async endpoints.
 MAX_INVOCATION_TIMEOUT_S = 3600
+MIN_INVOCATION_TIMEOUT_S = 60
+# The container must give up (and answer its readable `timeout` error) before SageMaker's own
+# invocation timeout fires, which produces only a bare failure: this much earlier, at least.
+MIN_TIMEOUT_MARGIN_S = 30
 MAX_REQUEST_TTL_S = 21600
 MAX_CONCURRENT_INVOCATIONS = 1000
 
@@ -56,6 +60,76 @@ INSTANCE_FAMILIES: dict[str, InstanceFamily] = {
 # which no TensorRT-LLM release we target supports and no ml.* family we serve on uses.
 # L4 (ml.g6) is not offered on-demand; see docs/infrastructure.md for reserved fleets.
 CODEBUILD_GPU_PAIRS: dict[str, str] = {"g5": "BUILD_GENERAL1_SMALL"}
+# Regions where CodeBuild offers the LINUX_GPU_CONTAINER environment type. Source: the CodeBuild
+# API reference (ProjectEnvironment.type / Fleet.environmentType, as shipped in botocore 1.44.5's
+# codebuild service model): "LINUX_GPU_CONTAINER is available only in regions US East (N. Virginia),
+# US East (Ohio), US West (Oregon), EU (Ireland), EU (Frankfurt), Asia Pacific (Tokyo), and Asia
+# Pacific (Sydney)". (Older releases of that page list more regions; these seven are in both.)
+CODEBUILD_GPU_REGIONS = ("us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1",
+                         "ap-northeast-1", "ap-southeast-2")
+
+
+# --- GPU host AMI vs image CUDA ---------------------------------------------------------------
+@dataclass(frozen=True)
+class InferenceAmi:
+    """A ProductionVariant ``InferenceAmiVersion``: the host's NVIDIA driver and the families it runs on."""
+
+    driver: int  # NVIDIA driver branch
+    cuda: tuple[int, int]  # newest CUDA the driver supports natively
+    families: tuple[str, ...]
+
+
+# Source: SageMaker API reference, ProductionVariant.InferenceAmiVersion
+# (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProductionVariant.html, as shipped in
+# botocore 1.44.5): gpu-2 and gpu-2-1 = driver 535 / CUDA 12.2, gpu-3-1 = driver 550 / CUDA 12.4
+# ("-1": NVIDIA Container Toolkit with CUDA-compat mounting disabled). Instance families: the same
+# page (botocore 1.36.20 text) lists "ml.g4dn.*, ml.g5.*, ml.g6.*, ml.p3.*, ml.p4d.*, ml.p4de.*, ml.p5.*";
+# the guide "Best practices to minimize interruptions during GPU driver upgrades"
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/inference-gpu-drivers.html) lists these AMIs as the
+# override for async endpoints, whose default host on ml.g4dn/g5/p4d is driver 470 / CUDA 11.4 and on
+# ml.g6/p5 driver 470 "CUDA 12.2" -- too old for every GPU image here, so the override is mandatory.
+# al2023-ami-sagemaker-inference-gpu-4-1 (driver 580 / CUDA 13.0) exists in the enum, but no page I
+# could read lists its instance families; ml.g6e appears in none of these lists. Both stay out until
+# checked.
+_AMI_FAMILIES = ("g4dn", "g5", "g6", "p4d", "p5")
+INFERENCE_AMIS: dict[str, InferenceAmi] = {
+    "al2-ami-sagemaker-inference-gpu-2": InferenceAmi(535, (12, 2), _AMI_FAMILIES),
+    "al2-ami-sagemaker-inference-gpu-2-1": InferenceAmi(535, (12, 2), _AMI_FAMILIES),
+    "al2-ami-sagemaker-inference-gpu-3-1": InferenceAmi(550, (12, 4), _AMI_FAMILIES),
+}
+DEFAULT_GPU_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
+
+
+@dataclass(frozen=True)
+class ServingImage:
+    """What the endpoint runs: our Dockerfile or the stock DLC, and the CUDA it needs from the host."""
+
+    kind: str  # byoc-gpu | byoc-cpu | byoc-triton | dlc
+    description: str
+    dockerfile: str | None = None  # byoc only, relative to the repository root
+    cuda: tuple[int, int] | None = None  # None: no GPU code
+    min_driver: int = 0  # driver branch that runs `cuda` natively
+    # Driver branches on which NVIDIA supports the image's CUDA forward-compatibility libraries on
+    # data-center GPUs; `serve` puts them on the library path when the host driver is older.
+    compat_drivers: tuple[int, ...] = ()
+
+
+# CUDA 12.4 needs driver >= 550 natively (nvidia/cuda 12.4.1 base, the 2.6 PyTorch inference DLC).
+BYOC_GPU = ServingImage("byoc-gpu", "GPU image containers/whisper/Dockerfile (nvidia/cuda:12.4.1)",
+                        "containers/whisper/Dockerfile", (12, 4), 550)
+BYOC_CPU = ServingImage("byoc-cpu", "CPU image containers/whisper/Dockerfile.cpu",
+                        "containers/whisper/Dockerfile.cpu")
+# NGC Triton images by tag. Source: "Triton Inference Server Release 25.xx" release notes, "Driver
+# Requirements" (https://docs.nvidia.com/deeplearning/triton-inference-server/release-notes/): 25.01 is
+# based on CUDA 12.8, "which requires NVIDIA Driver release 570 or later. However, if you are running
+# on a data center GPU ... you can use NVIDIA driver release 470.57 (or later R470), 525.85 (or later
+# R525), 535.86 (or later R535), or 545.23 (or later R545)" -- not R550.
+TRITON_IMAGES: dict[str, ServingImage] = {
+    "25.01-trtllm-python-py3": ServingImage(
+        "byoc-triton", "Triton image containers/whisper/Dockerfile.triton FROM tritonserver:25.01 (CUDA 12.8)",
+        "containers/whisper/Dockerfile.triton", (12, 8), 570, (470, 525, 535, 545)),
+}
+DLC_GPU_CUDA: dict[str, tuple[int, int]] = {"2.6.0-gpu-py312": (12, 4)}  # PyTorch 2.6 inference DLC: cu124
 
 _INSTANCE_RE = re.compile(r"^ml\.([a-z0-9]+)\.([0-9]*x?large|xlarge)$")
 _ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
@@ -101,6 +175,7 @@ class EnvConfig:
     model_data_key: str = ""  # key (.tar.gz) or prefix (ends with /) in the model bucket
     compute_type: str = "float16"
     dlc_image_tag: str = "2.6.0-gpu-py312"  # stock pytorch-inference image tag (packaging dlc)
+    inference_ami_version: str = ""  # "": DEFAULT_GPU_AMI on GPU families, none on CPU families
     invocation_timeout_s: int = MAX_INVOCATION_TIMEOUT_S
     request_ttl_s: int = MAX_REQUEST_TTL_S
     default_options: str = "formats=json,txt,srt,vtt"
@@ -121,7 +196,6 @@ class EnvConfig:
     tracing: bool = False
     vpc_only: bool = False  # endpoint in isolated subnets with network isolation
     engine_build: EngineBuildConfig | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # --- derived values --------------------------------------------------------------
     @property
@@ -131,6 +205,31 @@ class EnvConfig:
     @property
     def family(self) -> InstanceFamily:
         return INSTANCE_FAMILIES[self.instance_family]
+
+    @property
+    def ami_version(self) -> str | None:
+        """The production variant's InferenceAmiVersion (None on CPU families)."""
+        if self.family.gpu is None:
+            return None
+        return self.inference_ami_version or DEFAULT_GPU_AMI
+
+    @property
+    def container_request_timeout_s(self) -> int:
+        """The container's own request timeout: below SageMaker's invocation timeout by a margin,
+        so a long request ends as our readable ``timeout`` error, not SageMaker's bare failure."""
+        return self.invocation_timeout_s - max(MIN_TIMEOUT_MARGIN_S, self.invocation_timeout_s // 12)
+
+    @property
+    def serving_image(self) -> ServingImage:
+        """The image this backend x packaging x family runs on (validation refused the rest)."""
+        if self.packaging == "dlc":
+            cuda = DLC_GPU_CUDA.get(self.dlc_image_tag)
+            return ServingImage("dlc", f"stock PyTorch inference DLC {self.dlc_image_tag}", None, cuda,
+                                550 if cuda else 0)
+        if self.backend == "triton":
+            assert self.engine_build is not None
+            return TRITON_IMAGES[_image_tag(self.engine_build.build_image)]
+        return BYOC_GPU if self.family.gpu else BYOC_CPU
 
     @property
     def retain(self) -> bool:
@@ -254,7 +353,7 @@ def _engine_build(env: str, raw_in: Any) -> EngineBuildConfig:
 
 def _unknown(env: str, leftover: dict[str, Any], cls: type, prefix: str = "") -> None:
     if leftover:
-        known = ", ".join(f.name for f in dataclasses.fields(cls) if f.name not in ("name", "extra", "account", "region"))
+        known = ", ".join(f.name for f in dataclasses.fields(cls) if f.name not in ("name", "account", "region"))
         raise ConfigError(
             f"{_where(env, prefix + sorted(leftover)[0])} is not a known setting; known settings: {known}"
         )
@@ -308,8 +407,10 @@ def parse_env_config(
         model_data_key=_prefix(env, "model_data_key", take("model_data_key", str)),
         compute_type=_one_of(env, "compute_type", take("compute_type", str), COMPUTE_TYPES),
         dlc_image_tag=take("dlc_image_tag", str),
+        inference_ami_version=take("inference_ami_version", str),
         invocation_timeout_s=_between(
-            env, "invocation_timeout_s", take("invocation_timeout_s", int), 1, MAX_INVOCATION_TIMEOUT_S
+            env, "invocation_timeout_s", take("invocation_timeout_s", int), MIN_INVOCATION_TIMEOUT_S,
+            MAX_INVOCATION_TIMEOUT_S,
         ),
         request_ttl_s=_between(env, "request_ttl_s", take("request_ttl_s", int), 60, MAX_REQUEST_TTL_S),
         default_options=take("default_options", str),
@@ -372,6 +473,13 @@ def _cross_checks(cfg: EnvConfig) -> None:
             f"{_where(env, 'model_data_key')} must end with .tar.gz (compressed model) or / (a prefix copied "
             f"as is); got {cfg.model_data_key!r}"
         )
+    _check_image_matrix(cfg)
+    _check_host_driver(cfg)
+    if cfg.engine_build is not None and cfg.region and cfg.region not in CODEBUILD_GPU_REGIONS:
+        raise ConfigError(
+            f"{_where(env, 'engine_build')}: CodeBuild has no LINUX_GPU_CONTAINER builds in {cfg.region}; "
+            f"the region must be one of {', '.join(CODEBUILD_GPU_REGIONS)} (or remove engine_build)"
+        )
     if cfg.engine_build is not None and cfg.instance_family not in CODEBUILD_GPU_PAIRS:
         pairs = "; ".join(f"ml.{fam}.* <-> CodeBuild LINUX_GPU_CONTAINER {ct} (1x A10G, sm86)"
                           for fam, ct in CODEBUILD_GPU_PAIRS.items())
@@ -380,6 +488,73 @@ def _cross_checks(cfg: EnvConfig) -> None:
             f"({cfg.family.gpu}, {cfg.family.gpu_arch}); TensorRT-LLM engines only run on the GPU that built them. "
             f"Supported pairs: {pairs}. Remove engine_build or serve on ml.g5."
         )
+
+
+def _image_tag(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1].partition(":")[2]
+
+
+def _check_image_matrix(cfg: EnvConfig) -> None:
+    """Every backend x packaging x family either has an image that can run it or fails here."""
+    env = cfg.name
+    if cfg.backend == "torch" and cfg.packaging == "byoc":
+        raise ConfigError(
+            f"{_where(env, 'packaging')} must be dlc for backend 'torch' (allowed with byoc: faster-whisper, "
+            "triton): the byoc images carry no PyTorch; the stock PyTorch inference DLC does"
+        )
+    if cfg.packaging == "dlc":
+        kind = "-gpu-" if cfg.family.gpu else "-cpu-"
+        if kind not in cfg.dlc_image_tag:
+            raise ConfigError(
+                f"{_where(env, 'dlc_image_tag')} must be a pytorch-inference tag containing {kind!r} for "
+                f"{cfg.instance_type}; got {cfg.dlc_image_tag!r}"
+            )
+        if cfg.family.gpu and cfg.dlc_image_tag not in DLC_GPU_CUDA:
+            raise ConfigError(
+                f"{_where(env, 'dlc_image_tag')} must be one of {', '.join(DLC_GPU_CUDA)} (GPU DLC tags whose "
+                f"CUDA is known to this app); got {cfg.dlc_image_tag!r}"
+            )
+    if cfg.backend == "triton":
+        assert cfg.engine_build is not None
+        if _image_tag(cfg.engine_build.build_image) not in TRITON_IMAGES:
+            raise ConfigError(
+                f"{_where(env, 'engine_build.build_image')} must be a tritonserver image with tag one of "
+                f"{', '.join(TRITON_IMAGES)} (tags whose CUDA and driver needs are known) when backend is "
+                f"'triton'; got {cfg.engine_build.build_image!r}"
+            )
+
+
+def _runs_on(image: ServingImage, ami: InferenceAmi) -> bool:
+    return ami.driver >= image.min_driver or ami.driver in image.compat_drivers
+
+
+def _check_host_driver(cfg: EnvConfig) -> None:
+    """The host AMI's NVIDIA driver must run the image's CUDA (natively or via forward compatibility)."""
+    env, key = cfg.name, "inference_ami_version"
+    if cfg.family.gpu is None:
+        if cfg.inference_ami_version:
+            raise ConfigError(f"{_where(env, key)} must be absent for CPU instance {cfg.instance_type} "
+                              f"(GPU host AMIs only); got {cfg.inference_ami_version!r}")
+        return
+    image = cfg.serving_image
+    fits = [name for name, ami in INFERENCE_AMIS.items()
+            if cfg.instance_family in ami.families and _runs_on(image, ami)]
+    name = cfg.ami_version
+    ami = INFERENCE_AMIS.get(name or "")
+    if ami is not None and name in fits:
+        return
+    if ami is None:
+        problem = "not a GPU InferenceAmiVersion this app knows"
+    elif cfg.instance_family not in ami.families:
+        problem = f"it does not run on ml.{cfg.instance_family}"
+    else:
+        assert image.cuda is not None
+        compat = f", or driver {'/'.join(map(str, image.compat_drivers))} with forward compatibility" \
+            if image.compat_drivers else ""
+        problem = (f"its driver {ami.driver} (CUDA {ami.cuda[0]}.{ami.cuda[1]}) cannot run the {image.description}, "
+                   f"which needs driver >= {image.min_driver}{compat}")
+    allowed = ", ".join(fits) if fits else f"none: no known AMI runs this image on ml.{cfg.instance_family}"
+    raise ConfigError(f"{_where(env, key)} must be one of {allowed}; got {name!r}: {problem}")
 
 
 def load_env_config(context: Mapping[str, Any], env_name: str | None, *, account: str | None = None,

@@ -22,7 +22,9 @@ from aws_cdk.region_info import FactName
 from constructs import Construct
 
 from stacks.config import EnvConfig
-from whisper_constructs.async_scaling import VARIANT, AsyncEndpointScaling, endpoint_metric
+from stacks.props import StackProps, init_stack
+from whisper_constructs.async_scaling import AsyncEndpointScaling
+from whisper_constructs.sagemaker_metrics import VARIANT, sagemaker_metric
 from whisper_constructs.common import acknowledge, bucket_ref, retention, s3_objects_finding
 from whisper_contract import env as env_names
 from whisper_contract import keys
@@ -44,9 +46,9 @@ class EndpointStack(Stack):
         removal_policy: RemovalPolicy,
         image_uri: str | None,
         image_repository_arn: str | None,
-        **kwargs: object,
+        props: StackProps,
     ) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        init_stack(self, scope, construct_id, props)
         self.cfg = cfg
         input_bucket = bucket_ref(self, cfg.bucket_name("input"), "InputBucket")
         output_bucket = bucket_ref(self, cfg.bucket_name("output"), "OutputBucket")
@@ -80,11 +82,13 @@ class EndpointStack(Stack):
         if cfg.vpc_only:
             vpc_config = self._isolated_network(key, removal_policy)
 
+        model_data_url, model_data_source = self._model_data(model_bucket)
         self.model = sagemaker.CfnModel(
             self, "Model",
             execution_role_arn=self.role.role_arn,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
-                image=image, environment=self._container_env(), **self._model_data(model_bucket),
+                image=image, environment=self._container_env(), model_data_url=model_data_url,
+                model_data_source=model_data_source,
             ),
             enable_network_isolation=cfg.vpc_only,
             vpc_config=vpc_config,
@@ -100,6 +104,9 @@ class EndpointStack(Stack):
                 # SageMaker creates endpoints with at least one instance; scaling then goes to min.
                 initial_instance_count=max(1, cfg.min_instances),
                 initial_variant_weight=1.0,
+                # Without it, async GPU hosts run driver 470 / CUDA 11.4 (older than every GPU image
+                # here); config checks the AMI against the image (stacks/config.py INFERENCE_AMIS).
+                inference_ami_version=cfg.ami_version,
             )],
             # Instance types with local NVMe storage reject a volume key (their NVMe is
             # hardware-encrypted); everything else gets ours.
@@ -122,6 +129,11 @@ class EndpointStack(Stack):
         self.endpoint = sagemaker.CfnEndpoint(
             self, "Endpoint", endpoint_name=self.endpoint_name,
             endpoint_config_name=self.endpoint_config.attr_endpoint_config_name,
+            # An update (new image, model or config) keeps the variant's current instance count
+            # instead of resetting it to InitialInstanceCount under a backlog (AWS::SageMaker::Endpoint
+            # RetainAllVariantProperties, CloudFormation User Guide). Changing instance_type while
+            # the variant is a scalable target fails: see docs/infrastructure.md "Updates".
+            retain_all_variant_properties=True,
         )
         self.endpoint.node.add_dependency(self.log_group)
 
@@ -141,7 +153,7 @@ class EndpointStack(Stack):
             self, "OldestRequestAlarm",
             alarm_description=f"A request has waited more than {cfg.oldest_request_alarm_s} s: capacity, quota "
                               "or a stuck instance",
-            metric=endpoint_metric(self.endpoint_name, "ApproximateAgeOfOldestRequest", "Maximum",
+            metric=sagemaker_metric(self.endpoint_name, "ApproximateAgeOfOldestRequest", "Maximum",
                                    Duration.minutes(5)),
             threshold=cfg.oldest_request_alarm_s, evaluation_periods=1,
             comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -150,7 +162,7 @@ class EndpointStack(Stack):
         self.failure_alarm = cw.Alarm(
             self, "InvocationFailureAlarm",
             alarm_description="The model container answered 5xx: invocations are failing",
-            metric=endpoint_metric(self.endpoint_name, "Invocation5XXErrors", "Sum", Duration.minutes(5)),
+            metric=sagemaker_metric(self.endpoint_name, "Invocation5XXErrors", "Sum", Duration.minutes(5)),
             threshold=cfg.failure_alarm_threshold, evaluation_periods=1,
             comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
@@ -174,7 +186,7 @@ class EndpointStack(Stack):
             env_names.MODEL_NAME: cfg.model_id,
             env_names.MODEL_DIR: MODEL_DIR,
             env_names.MAX_CONCURRENCY: str(cfg.max_concurrent_invocations),
-            env_names.REQUEST_TIMEOUT_S: str(cfg.invocation_timeout_s),
+            env_names.REQUEST_TIMEOUT_S: str(cfg.container_request_timeout_s),
         }
         if cfg.packaging == "dlc":
             env.update({
@@ -182,19 +194,22 @@ class EndpointStack(Stack):
                 "SAGEMAKER_SUBMIT_DIRECTORY": f"{MODEL_DIR}/code",
                 "TS_MAX_REQUEST_SIZE": TS_MAX_BYTES,
                 "TS_MAX_RESPONSE_SIZE": TS_MAX_BYTES,
-                "TS_DEFAULT_RESPONSE_TIMEOUT": str(cfg.invocation_timeout_s),
+                "TS_DEFAULT_RESPONSE_TIMEOUT": str(cfg.container_request_timeout_s),
             })
         return env
 
-    def _model_data(self, model_bucket: s3.IBucket) -> dict[str, object]:
+    def _model_data(
+        self, model_bucket: s3.IBucket,
+    ) -> tuple[str | None, sagemaker.CfnModel.ModelDataSourceProperty | None]:
+        """(ModelDataUrl, ModelDataSource): exactly one is set."""
         location = self.cfg.model_data_prefix_or_key
         uri = model_bucket.s3_url_for_object(location)
         if location.endswith(".tar.gz"):
-            return {"model_data_url": uri}
+            return uri, None
         # A prefix is copied to /opt/ml/model as is: no tarball to build for multi-GB weights.
-        return {"model_data_source": sagemaker.CfnModel.ModelDataSourceProperty(
+        return None, sagemaker.CfnModel.ModelDataSourceProperty(
             s3_data_source=sagemaker.CfnModel.S3DataSourceProperty(
-                s3_uri=uri, s3_data_type="S3Prefix", compression_type="None"))}
+                s3_uri=uri, s3_data_type="S3Prefix", compression_type="None"))
 
     def _grant(self, *, key: kms.IKey, input_bucket: s3.IBucket, output_bucket: s3.IBucket,
                model_bucket: s3.IBucket, repository_arn: str) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-from aws_cdk import CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack
+import yaml  # type: ignore[import-untyped]  # (no types-PyYAML in the pinned set)
+from aws_cdk import Aws, CfnOutput, CfnRule, CfnRuleAssertion, Duration, Fn, IgnoreMode, RemovalPolicy, Stack, Token
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
@@ -26,7 +26,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from stacks.config import EnvConfig
+from stacks.config import CODEBUILD_GPU_REGIONS, EnvConfig
+from stacks.props import StackProps, init_stack
 from whisper_constructs.common import acknowledge, bucket_ref, nag_region_account, retention, s3_objects_finding
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,13 +43,11 @@ _ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.
 
 class EngineBuildStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, key: kms.IKey,
-                 removal_policy: RemovalPolicy, buildspec_path: Path = BUILDSPEC, **kwargs: object) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+                 removal_policy: RemovalPolicy, props: StackProps) -> None:
+        init_stack(self, scope, construct_id, props)
         model_bucket = bucket_ref(self, cfg.bucket_name("models"), "ModelBucket")
         eb = cfg.engine_build
         assert eb is not None
-        if not buildspec_path.is_file():
-            raise FileNotFoundError(f"{buildspec_path} is missing: the engine build project runs it")
         spec = cfg.engine_spec(model_bucket.bucket_name)
 
         source = s3_assets.Asset(self, "Source", path=str(REPO_ROOT), exclude=SOURCE_EXCLUDE,
@@ -60,7 +59,7 @@ class EngineBuildStack(Stack):
             description=f"whisper {cfg.name}: TensorRT-LLM engines for {eb.model_name} on "
                         f"{cfg.family.gpu} ({spec.gpu_arch}) to match {cfg.instance_type}",
             source=codebuild.Source.s3(bucket=source.bucket, path=source.s3_object_key),
-            build_spec=codebuild.BuildSpec.from_object(yaml.safe_load(buildspec_path.read_text())),
+            build_spec=codebuild.BuildSpec.from_object(yaml.safe_load(BUILDSPEC.read_text())),
             environment=codebuild.BuildEnvironment(
                 build_image=self._build_image(eb.build_image),
                 compute_type=codebuild.ComputeType[cfg.codebuild_compute_type.removeprefix("BUILD_GENERAL1_")],
@@ -126,6 +125,12 @@ class EngineBuildStack(Stack):
         if _ECR_IMAGE.match(eb.build_image):
             acknowledge(self.project, "AwsSolutions-IAM5[Resource::*]",
                         "ecr:GetAuthorizationToken (to pull the ECR build image) has no resource-level permissions")
+        if Token.is_unresolved(self.region):
+            # Environment-agnostic template: config could not check the region, so CloudFormation does.
+            CfnRule(self, "GpuBuildRegion", assertions=[CfnRuleAssertion(
+                assert_=Fn.condition_contains(list(CODEBUILD_GPU_REGIONS), Aws.REGION),
+                assert_description="CodeBuild has no LINUX_GPU_CONTAINER builds in this region; deploy the engine "
+                                   f"build to one of {', '.join(CODEBUILD_GPU_REGIONS)}")])
         CfnOutput(self, "EngineBuildProjectName", value=self.project.project_name)
         CfnOutput(self, "EngineArtifactPrefix", value=model_bucket.s3_url_for_object(prefix))
 
@@ -135,6 +140,7 @@ class EngineBuildStack(Stack):
             account, region, name, tag = m.groups()
             repo = ecr.Repository.from_repository_attributes(
                 self, "BuildImageRepository", repository_name=name,
-                repository_arn=f"arn:aws:ecr:{region}:{account}:repository/{name}")
+                repository_arn=self.format_arn(service="ecr", region=region, account=account,
+                                               resource="repository", resource_name=name))
             return codebuild.LinuxGpuBuildImage.from_ecr_repository(repo, tag)
         return codebuild.LinuxBuildImage.from_docker_registry(uri)

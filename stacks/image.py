@@ -2,8 +2,11 @@
 
 ``DockerImageAsset`` builds ``containers/whisper/Dockerfile`` with the repository root as the
 context (the image needs ``whisper_contract`` beside the server) and publishes it to the CDK
-bootstrap repository; ``cdk-ecr-deployment`` then copies it to our own repository with an
-immutable, content-addressed tag. docs/infrastructure.md holds the evidence for choosing
+bootstrap repository; ``cdk-ecr-deployment`` then copies it to our own repository under a
+content-addressed tag. The repository's tags are MUTABLE on purpose: a re-push of the same tag
+(rollback, a replaced copy resource) must succeed, and an immutable repository rejects it with
+``ImageTagAlreadyExistsException`` (stack stuck in UPDATE_ROLLBACK_FAILED); a content-hash tag
+re-pushed can only carry the same content (docs/infrastructure.md "ECR tags"). docs/infrastructure.md holds the evidence for choosing
 cdk-ecr-deployment over cdk-docker-image-deployment.
 
 Provenance: SageMaker accepts only Docker v2 image manifests: it rejects OCI image indexes
@@ -28,13 +31,10 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from stacks.config import EnvConfig
+from stacks.props import StackProps, init_stack
 from whisper_constructs.common import acknowledge, nag_region_account
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = "containers/whisper/Dockerfile"
-# TensorRT-LLM engines load only under the TensorRT-LLM that built them: the triton backend's
-# image is built FROM the engine build's image (engine_build.build_image in cdk.json).
-TRITON_DOCKERFILE = "containers/whisper/Dockerfile.triton"
 # The build context is the repository root; only these paths may reach the image (and the
 # asset hash), so a change to tests or docs does not rebuild a multi-gigabyte image.
 CONTEXT_ALLOW = ("containers/whisper", "whisper_contract")
@@ -45,21 +45,18 @@ DOCKER_OUTPUTS = ("type=docker,oci-mediatypes=false",)
 
 class ImageStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, key: kms.IKey,
-                 removal_policy: RemovalPolicy, context_dir: Path = REPO_ROOT, dockerfile: str = DOCKERFILE,
-                 **kwargs: object) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+                 removal_policy: RemovalPolicy, props: StackProps) -> None:
+        init_stack(self, scope, construct_id, props)
         build_args: dict[str, str] = {}
-        if cfg.backend == "triton" and dockerfile == DOCKERFILE:
+        dockerfile = cfg.serving_image.dockerfile or ""
+        assert dockerfile, f"packaging byoc always has a Dockerfile ({cfg.serving_image})"
+        if cfg.backend == "triton":
             assert cfg.engine_build is not None  # config validation requires it for triton
-            dockerfile = TRITON_DOCKERFILE
             build_args["TRITON_IMAGE"] = cfg.engine_build.build_image
-        if not (context_dir / dockerfile).is_file():
-            raise FileNotFoundError(f"{context_dir / dockerfile} is missing: the byoc packaging builds the image "
-                                    "from it")
 
         self.asset = assets.DockerImageAsset(
             self, "ServingImage",
-            directory=str(context_dir),
+            directory=str(REPO_ROOT),
             file=dockerfile,
             build_args=build_args or None,
             platform=PLATFORM,
@@ -73,7 +70,7 @@ class ImageStack(Stack):
         self.repository = ecr.Repository(
             self, "Repository",
             repository_name=f"whisper-sagemaker/{cfg.name}",
-            image_tag_mutability=ecr.TagMutability.IMMUTABLE,
+            image_tag_mutability=ecr.TagMutability.MUTABLE,  # see the module docstring
             image_scan_on_push=True,
             encryption=ecr.RepositoryEncryption.KMS,
             encryption_key=key,

@@ -11,48 +11,46 @@ from aws_cdk import aws_cloudwatch as cw
 from constructs import Construct
 
 from stacks.config import EnvConfig
-from whisper_constructs.async_scaling import VARIANT, endpoint_metric
+from stacks.props import StackProps, init_stack
 from whisper_constructs.queue_function import QueueFedFunction
+from whisper_constructs.sagemaker_metrics import sagemaker_metric
 
 WIDTH = 8
-INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
 
 
 class OperationsStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, endpoint_name: str,
-                 functions: dict[str, QueueFedFunction], **kwargs: object) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
-        m = endpoint_metric
-        # Instance metrics live in their own namespace, per variant; each running instance reports
-        # CPUUtilization once a minute, so its SampleCount is the instance count.
-        def instance_metric(name: str, statistic: str, label: str) -> cw.Metric:
-            return cw.Metric(namespace=INSTANCE_NAMESPACE, metric_name=name, statistic=statistic,
-                             dimensions_map={"EndpointName": endpoint_name, "VariantName": VARIANT},
-                             period=Duration.minutes(1), label=label)
+                 functions: dict[str, QueueFedFunction], props: StackProps) -> None:
+        init_stack(self, scope, construct_id, props)
 
-        instances = instance_metric("CPUUtilization", "SampleCount", "instances (SampleCount of CPUUtilization)")
+        def m(name: str, statistic: str = "Average", period: Duration = Duration.minutes(1),
+              label: str | None = None) -> cw.Metric:
+            return sagemaker_metric(endpoint_name, name, statistic, period, label=label)
+
+        # Each running instance reports CPUUtilization once a minute: its SampleCount is the instance count.
+        instances = m("CPUUtilization", "SampleCount", label="instances (SampleCount of CPUUtilization)")
         self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"whisper-{cfg.name}")
         self.dashboard.add_widgets(
             cw.GraphWidget(title="Backlog", width=WIDTH, left=[
-                m(endpoint_name, "ApproximateBacklogSize"),
-                m(endpoint_name, "ApproximateBacklogSizePerInstance"),
-                m(endpoint_name, "HasBacklogWithoutCapacity", "Maximum")]),
+                m("ApproximateBacklogSize"),
+                m("ApproximateBacklogSizePerInstance"),
+                m("HasBacklogWithoutCapacity", "Maximum")]),
             cw.GraphWidget(title="Age of oldest request (s)", width=WIDTH,
-                           left=[m(endpoint_name, "ApproximateAgeOfOldestRequest", "Maximum")],
+                           left=[m("ApproximateAgeOfOldestRequest", "Maximum")],
                            left_annotations=[cw.HorizontalAnnotation(value=cfg.oldest_request_alarm_s,
                                                                      label="alarm")]),
             cw.GraphWidget(title="Instances and GPU", width=WIDTH, left=[instances],
                            left_annotations=[cw.HorizontalAnnotation(value=cfg.max_instances, label="max")],
-                           right=[instance_metric("GPUUtilization", "Average", "GPU utilization %"),
-                                  instance_metric("GPUMemoryUtilization", "Average", "GPU memory %")]),
+                           right=[m("GPUUtilization", label="GPU utilization %"),
+                                  m("GPUMemoryUtilization", label="GPU memory %")]),
         )
         self.dashboard.add_widgets(
             cw.GraphWidget(title="Invocation failures", width=WIDTH, left=[
-                m(endpoint_name, "Invocation4XXErrors", "Sum", Duration.minutes(5)),
-                m(endpoint_name, "Invocation5XXErrors", "Sum", Duration.minutes(5))]),
+                m("Invocation4XXErrors", "Sum", Duration.minutes(5)),
+                m("Invocation5XXErrors", "Sum", Duration.minutes(5))]),
             cw.GraphWidget(title="Model latency (microseconds)", width=WIDTH, left=[
-                m(endpoint_name, "ModelLatency", "p50"), m(endpoint_name, "ModelLatency", "p90"),
-                m(endpoint_name, "ModelLatency", "Maximum")]),
+                m("ModelLatency", "p50"), m("ModelLatency", "p90"),
+                m("ModelLatency", "Maximum")]),
             cw.GraphWidget(title="Lambda errors and throttles", width=WIDTH, left=[
                 metric for name, fn in sorted(functions.items()) for metric in (
                     fn.function.metric_errors(label=f"{name} errors", period=Duration.minutes(5)),

@@ -19,6 +19,7 @@ from aws_cdk import aws_sns_subscriptions as subs
 from constructs import Construct
 
 from stacks.config import EnvConfig
+from stacks.props import StackProps, init_stack
 from whisper_constructs.common import acknowledge, bucket_ref, s3_objects_finding
 from whisper_constructs.queue_function import QueueFedFunction
 from whisper_contract import env as env_names
@@ -40,9 +41,8 @@ def _acknowledge_common(fn: QueueFedFunction, tracing: bool) -> None:
 
 class IngestionStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, key: kms.IKey,
-                 endpoint_name: str, ops_topic: sns.ITopic, removal_policy: RemovalPolicy,
-                 **kwargs: object) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+                 endpoint_name: str, ops_topic: sns.ITopic, removal_policy: RemovalPolicy, props: StackProps) -> None:
+        init_stack(self, scope, construct_id, props)
         input_bucket = bucket_ref(self, cfg.bucket_name("input"), "InputBucket")
         output_bucket = bucket_ref(self, cfg.bucket_name("output"), "OutputBucket")
         self.trigger = QueueFedFunction(
@@ -108,18 +108,15 @@ class IngestionStack(Stack):
 class CompletionStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, key: kms.IKey,
                  success_topic: sns.ITopic, error_topic: sns.ITopic, ops_topic: sns.ITopic,
-                 removal_policy: RemovalPolicy, **kwargs: object) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+                 removal_policy: RemovalPolicy, props: StackProps) -> None:
+        init_stack(self, scope, construct_id, props)
         input_bucket = bucket_ref(self, cfg.bucket_name("input"), "InputBucket")
         output_bucket = bucket_ref(self, cfg.bucket_name("output"), "OutputBucket")
         self.completer = QueueFedFunction(
             self, "Completer",
             handler_name="complete",
             description=f"whisper {cfg.name}: write transcripts or error records for finished inferences",
-            environment={
-                env_names.OUTPUT_BUCKET: output_bucket.bucket_name,
-                env_names.INPUT_BUCKET: input_bucket.bucket_name,
-            },
+            environment={env_names.OUTPUT_BUCKET: output_bucket.bucket_name},
             timeout=Duration.seconds(120),
             **_function_kwargs(cfg, key, ops_topic, removal_policy),  # type: ignore[arg-type]
         )

@@ -15,13 +15,18 @@ from aws_cdk import aws_sns_subscriptions as subs
 from constructs import Construct
 
 from stacks.config import EnvConfig
+from stacks.props import StackProps, init_stack
 from whisper_contract import keys
 
 
 class StorageStack(Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, **kwargs: object) -> None:
-        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
-        removal = RemovalPolicy.RETAIN if cfg.retain else RemovalPolicy.DESTROY
+    def __init__(self, scope: Construct, construct_id: str, *, cfg: EnvConfig, props: StackProps) -> None:
+        init_stack(self, scope, construct_id, props)
+        # Retained resources have fixed names (buckets, the repository, the endpoint log group). A
+        # plain Retain would keep them after a failed first create too, and every retry would then
+        # fail with "already exists"; RETAIN_ON_UPDATE_OR_DELETE (DeletionPolicy RetainExceptOnCreate,
+        # CloudFormation User Guide "DeletionPolicy attribute") deletes what a failed create made.
+        removal = RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE if cfg.retain else RemovalPolicy.DESTROY
         self.removal_policy = removal
 
         self.key = kms.Key(

@@ -1,5 +1,5 @@
 """The Dockerfiles (no Docker daemon here): hadolint-clean, built from the pinned runtime
-requirements the tests install, non-root, `serve` entry point, small build context."""
+requirements the tests install, root as SageMaker expects, `serve` entry point, small build context."""
 
 from __future__ import annotations
 
@@ -64,8 +64,7 @@ def test_runtime_shape(dockerfile):
     ops = dict(steps[::-1])  # the last of each instruction wins
     assert ops["ENTRYPOINT"] == '["serve"]'
     assert ops["EXPOSE"] == "8080"
-    user = ops["USER"]
-    assert user.split(":")[0].isdigit() and user.split(":")[0] != "0"
+    assert "USER" not in ops  # root: SageMaker's container contract (serve checks /opt/ml/model)
     text = dockerfile.read_text().lower()
     for forbidden in ("ssh", "debugpy", "ptvsd", "jupyter", "model.bin", "/opt/ml/model/"):
         assert forbidden not in text.replace("whisper_model_dir=/opt/ml/model", ""), forbidden
@@ -92,12 +91,45 @@ def test_build_context_sends_only_what_is_copied(dockerfile):
     assert all((REPO / c).exists() for c in copies)
 
 
-def test_serve_script_drops_the_sagemaker_argument():
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+def test_serve_script_drops_the_sagemaker_argument(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "WHISPER_MODEL_DIR": str(tmp_path)}
     proc = subprocess.run(["sh", str(WHISPER / "serve"), "serve", "--help"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "--port" in proc.stdout and "SAGEMAKER_BIND_TO_PORT" in proc.stdout
+
+
+def _serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """`serve` with a stand-in `python` that prints the library path it was given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text('#!/bin/sh\necho "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"\n')
+    (bin_dir / "python").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", **extra}
+
+
+def test_serve_fails_clearly_when_the_model_directory_is_unreadable(tmp_path):
+    missing = tmp_path / "no-model"
+    proc = subprocess.run(["sh", str(WHISPER / "serve"), "serve"], capture_output=True, text=True, timeout=30,
+                          env=_serve_env(tmp_path, WHISPER_MODEL_DIR=str(missing)))
+    assert proc.returncode == 78, proc.stdout
+    assert f"cannot read the model directory {missing}" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize(("host_driver", "expect_compat"), [("535.183.01", True), ("570.86.10", False)])
+def test_serve_uses_cuda_forward_compat_libraries_only_on_an_older_host_driver(tmp_path, host_driver, expect_compat):
+    compat = tmp_path / "compat"
+    (compat / "lib").mkdir(parents=True)
+    (compat / "lib" / "libcuda.so.570.86.10").write_bytes(b"")
+    version = tmp_path / "version"
+    version.write_text(f"NVRM version: NVIDIA UNIX x86_64 Kernel Module  {host_driver}  Tue Jan 7 2025\n")
+    proc = subprocess.run(["sh", str(WHISPER / "serve"), "serve"], capture_output=True, text=True, timeout=30,
+                          env=_serve_env(tmp_path, WHISPER_MODEL_DIR=str(tmp_path), WHISPER_CUDA_COMPAT_DIR=str(compat),
+                                         WHISPER_DRIVER_VERSION_FILE=str(version)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f"LD_LIBRARY_PATH={compat / 'lib'}" if expect_compat else "LD_LIBRARY_PATH=")
 
 
 TRITON = WHISPER / "Dockerfile.triton"
@@ -109,7 +141,7 @@ def test_triton_image_is_lint_clean_and_serves_with_the_triton_backend(hadolint)
     steps = _instructions(TRITON)
     ops = dict(steps[::-1])
     assert ops["ENTRYPOINT"] == '["serve"]' and ops["EXPOSE"] == "8080"
-    assert ops["USER"].split(":")[0] not in ("0", "root")
+    assert "USER" not in ops
     env_block = " ".join(arg for op, arg in steps if op == "ENV")
     assert "WHISPER_BACKEND=triton" in env_block and "WHISPER_TRITONSERVER=/opt/tritonserver/bin/tritonserver" in env_block
     # Built FROM the engine build's image (an ARG the CDK app fills from cdk.json).

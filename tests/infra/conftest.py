@@ -1,9 +1,7 @@
 """One synthesized app per environment, shared by every test in this folder.
 
 The apps are built exactly as ``app.py`` builds them (cdk.json context, cdk-nag on), so a
-nag finding without an acknowledgement fails every test here. Two sources belong to other
-parts of the repository; while one is still missing, the fixture points the app at a
-stand-in in a temporary directory (never inside the repository) and says so in the test log.
+nag finding without an acknowledgement fails every test here.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from aws_cdk import assertions
 
 from stacks.application import WhisperStacks, build_stacks
 from stacks.config import EnvConfig, load_env_config
-from stacks.engine_build import BUILDSPEC
 from stacks.image import REPO_ROOT
 
 CDK_JSON = REPO_ROOT / "cdk.json"
@@ -48,30 +45,24 @@ class Synth:
         return json.loads((self.outdir / name).read_text())
 
 
-@pytest.fixture(scope="session")
-def sources() -> tuple[Path, Path]:
-    """(image build context, buildspec): the real ones."""
-    return REPO_ROOT, BUILDSPEC
-
-
-def synth_env(name: str, outdir: Path, sources: tuple[Path, Path], context: dict[str, Any] | None = None,
+def synth_env(name: str, outdir: Path, context: dict[str, Any] | None = None,
               *, account: str | None = None, region: str | None = None) -> Synth:
     ctx = context or cdk_context()
     app = cdk.App(outdir=str(outdir), context={**ctx, "env": name}, builtin_cloud_formation_validation=False)
     cfg = load_env_config(ctx, name, account=account, region=region)
-    stacks = build_stacks(app, cfg, image_context=sources[0], buildspec_path=sources[1])
+    stacks = build_stacks(app, cfg)
     assembly = app.synth()
     return Synth(cfg, app, stacks, assembly, outdir)
 
 
 @pytest.fixture(scope="session")
-def dev(tmp_path_factory: pytest.TempPathFactory, sources: tuple[Path, Path]) -> Synth:
-    return synth_env("dev", tmp_path_factory.mktemp("cdk-dev"), sources)
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return synth_env("dev", tmp_path_factory.mktemp("cdk-dev"))
 
 
 @pytest.fixture(scope="session")
-def prod(tmp_path_factory: pytest.TempPathFactory, sources: tuple[Path, Path]) -> Synth:
-    return synth_env("prod", tmp_path_factory.mktemp("cdk-prod"), sources)
+def prod(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return synth_env("prod", tmp_path_factory.mktemp("cdk-prod"))
 
 
 @pytest.fixture(params=["dev", "prod"], scope="session")
@@ -80,7 +71,7 @@ def any_env(request: pytest.FixtureRequest) -> Synth:
 
 
 @pytest.fixture(scope="session")
-def synth_variant(tmp_path_factory: pytest.TempPathFactory, sources: tuple[Path, Path]):  # type: ignore[no-untyped-def]
+def synth_variant(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Synthesize a variant of an environment: ``synth_variant("dev", {"packaging": "dlc"}, region=...)``."""
 
     def make(env: str, changes: dict[str, Any], *, region: str | None = None,
@@ -89,7 +80,7 @@ def synth_variant(tmp_path_factory: pytest.TempPathFactory, sources: tuple[Path,
         envs = dict(ctx["environments"])
         envs[env] = {**envs[env], **changes}
         envs[env] = {k: v for k, v in envs[env].items() if v is not None}
-        return synth_env(env, tmp_path_factory.mktemp(f"cdk-{env}-variant"), sources,
+        return synth_env(env, tmp_path_factory.mktemp(f"cdk-{env}-variant"),
                          {**ctx, "environments": envs}, account=account if region else None, region=region)
 
     return make

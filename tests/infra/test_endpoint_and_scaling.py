@@ -50,6 +50,8 @@ def test_variant_and_storage_key(dev: Synth) -> None:
     variant = config["ProductionVariants"][0]
     assert variant["VariantName"] == "AllTraffic" and variant["InstanceType"] == "ml.g5.xlarge"
     assert variant["InitialInstanceCount"] == 1  # SageMaker starts with one; scaling takes it to 0
+    # Without an AMI override async GPU hosts run driver 470 / CUDA 11.4; the image needs CUDA 12.4.
+    assert variant["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-3-1"
     # ml.g5 has NVMe instance storage: SageMaker rejects a volume KmsKeyId for it.
     assert "KmsKeyId" not in config
 
@@ -60,13 +62,21 @@ def test_endpoint_uses_config_and_a_fixed_name(dev: Synth) -> None:
     assert "Fn::GetAtt" in endpoint["EndpointConfigName"]
 
 
+def test_updates_keep_the_scaled_instance_count(any_env: Synth) -> None:
+    """Without it, every image/model/config update resets the variant to InitialInstanceCount."""
+    endpoint = one(any_env, any_env.stacks.endpoint, "AWS::SageMaker::Endpoint")
+    assert endpoint["RetainAllVariantProperties"] is True
+    assert "ExcludeRetainedVariantProperties" not in endpoint
+
+
 def test_byoc_model_env_image_and_model_prefix(dev: Synth) -> None:
     model = one(dev, dev.stacks.endpoint, "AWS::SageMaker::Model")
     container = model["PrimaryContainer"]
     assert container["Environment"] == {
         env_names.BACKEND: "faster-whisper", env_names.DEVICE: "cuda", env_names.COMPUTE_TYPE: "float16",
         env_names.MODEL_NAME: "large-v3", env_names.MODEL_DIR: "/opt/ml/model",
-        env_names.MAX_CONCURRENCY: "4", env_names.REQUEST_TIMEOUT_S: "3600",
+        # the container gives up 300 s before SageMaker's 3600 s: its readable timeout error wins
+        env_names.MAX_CONCURRENCY: "4", env_names.REQUEST_TIMEOUT_S: "3300",
     }
     assert "Fn::ImportValue" in json.dumps(container["Image"])  # the ECR copy from the Image stack
     assert container["ModelDataSource"]["S3DataSource"] == {
@@ -104,7 +114,7 @@ def test_dlc_packaging_uses_the_stock_pytorch_image_and_torchserve_settings(dlc:
     assert env["SAGEMAKER_PROGRAM"] == "inference.py"
     assert env["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert env["TS_MAX_REQUEST_SIZE"] == env["TS_MAX_RESPONSE_SIZE"] == "1000000000"
-    assert env["TS_DEFAULT_RESPONSE_TIMEOUT"] == "3600"
+    assert env["TS_DEFAULT_RESPONSE_TIMEOUT"] == env[env_names.REQUEST_TIMEOUT_S] == "3300"
     assert container["ModelDataUrl"] == output_url("models", "dev", "dlc/large-v3/model.tar.gz")
     pull = [s for p in resources(dlc, dlc.stacks.endpoint, "AWS::IAM::Policy").values()
             for s in p["Properties"]["PolicyDocument"]["Statement"] if s.get("Sid") == "PullImage"]
@@ -122,7 +132,8 @@ def test_dlc_image_account_is_a_literal_when_the_region_is_known(synth_variant: 
 def test_triton_backend_serves_the_configured_engine_version(synth_variant: Any) -> None:
     dev_build = json.loads((Path(__file__).parents[2] / "cdk.json").read_text())[
         "context"]["environments"]["dev"]["engine_build"]
-    synth = synth_variant("dev", {"backend": "triton", "engine_build": {**dev_build, "serve_version": "v20261123-1"}})
+    synth = synth_variant("dev", {"backend": "triton", "engine_build": {**dev_build, "serve_version": "v20261123-1"},
+                                  "inference_ami_version": "al2-ami-sagemaker-inference-gpu-2-1"})
     container = one(synth, synth.stacks.endpoint, "AWS::SageMaker::Model")["PrimaryContainer"]
     assert container["Environment"][env_names.BACKEND] == "triton"
     assert container["ModelDataSource"]["S3DataSource"]["S3Uri"] == output_url(
@@ -132,6 +143,9 @@ def test_triton_backend_serves_the_configured_engine_version(synth_variant: Any)
     image = next(iter(synth.asset_manifest(synth.stacks.image)["dockerImages"].values()))["source"]
     assert image["dockerFile"] == "containers/whisper/Dockerfile.triton"
     assert image["dockerBuildArgs"] == {"TRITON_IMAGE": dev_build["build_image"]}
+    # CUDA 12.8 on driver 535: forward compatibility (serve loads the image's compat libraries).
+    variant = one(synth, synth.stacks.endpoint, "AWS::SageMaker::EndpointConfig")["ProductionVariants"][0]
+    assert variant["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-2-1"
 
 
 def test_scalable_target_min_zero_and_service_linked_role(any_env: Synth) -> None:
@@ -192,11 +206,36 @@ def test_step_policies_exact_metrics_thresholds_and_adjustments(dev: Synth) -> N
     assert policy["Cooldown"] == cfg.scale_in_cooldown_s
 
 
-def test_every_endpoint_alarm_uses_only_the_endpoint_name_dimension(any_env: Synth) -> None:
-    alarms = resources(any_env, any_env.stacks.endpoint, "AWS::CloudWatch::Alarm")
-    assert len(alarms) == 5
-    for alarm in alarms.values():
-        assert alarm["Properties"]["Dimensions"] == [{"Name": "EndpointName", "Value": f"whisper-{any_env.cfg.name}"}]
+def _sagemaker_metrics_in(template: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(namespace, metric, dimension names) of every alarm and dashboard metric on SageMaker."""
+    from whisper_constructs.sagemaker_metrics import ENDPOINT_NAMESPACE, INSTANCE_NAMESPACE
+
+    found = []
+    for resource in template["Resources"].values():
+        props = resource["Properties"]
+        if resource["Type"] == "AWS::CloudWatch::Alarm" and props["Namespace"] in (ENDPOINT_NAMESPACE, INSTANCE_NAMESPACE):
+            found.append((props["Namespace"], props["MetricName"], [d["Name"] for d in props["Dimensions"]]))
+        if resource["Type"] == "AWS::CloudWatch::Dashboard":
+            # The body is an Fn::Join of JSON text and tokens (function/queue names): tokens -> "X".
+            body = json.loads("".join(p if isinstance(p, str) else "X" for p in props["DashboardBody"]["Fn::Join"][1]))
+            for widget in body["widgets"]:
+                for metric in widget["properties"].get("metrics", []):
+                    names = [m for m in metric if isinstance(m, str)]
+                    if names[0] in (ENDPOINT_NAMESPACE, INSTANCE_NAMESPACE):
+                        found.append((names[0], names[1], names[2::2]))
+    return found
+
+
+def test_every_alarm_and_widget_uses_the_dimensions_sagemaker_publishes(any_env: Synth) -> None:
+    from whisper_constructs.sagemaker_metrics import SAGEMAKER_METRICS
+
+    found = [m for stack in any_env.stacks.all() for m in _sagemaker_metrics_in(any_env.template_json(stack))]
+    assert len(found) >= 5 + 12  # 5 endpoint alarms, 12 dashboard metrics
+    for namespace, metric, dimensions in found:
+        spec = SAGEMAKER_METRICS[metric]
+        assert (namespace, sorted(dimensions)) == (spec.namespace, sorted(spec.dimensions)), metric
+    five_xx = [d for _, metric, d in found if metric == "Invocation5XXErrors"]
+    assert ["EndpointName", "VariantName"] in [sorted(d) for d in five_xx]  # the alarm can fire
 
 
 def test_ops_alarms_on_age_and_failures_go_to_the_ops_topic(dev: Synth) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
-from stacks.engine_build import GPU_ENVIRONMENT
+from stacks.engine_build import BUILDSPEC, GPU_ENVIRONMENT
 from whisper_constructs.lambda_asset import CONTRACT_DIR, handler_source, stage_lambda_asset
 from whisper_contract import env as env_names
 from whisper_contract.engine_spec import EngineBuildSpec
@@ -91,7 +91,7 @@ def test_trigger_permissions_are_scoped(dev: Synth) -> None:
 
 def test_completion_topics_to_sqs_with_raw_delivery_to_completer(dev: Synth) -> None:
     comp = dev.stacks.completion
-    check_queue_fed_function(dev, comp, {env_names.OUTPUT_BUCKET, env_names.INPUT_BUCKET}, 120)
+    check_queue_fed_function(dev, comp, {env_names.OUTPUT_BUCKET}, 120)  # (INPUT_BUCKET was never read)
     subs = resources(dev, comp, "AWS::SNS::Subscription")
     assert len(subs) == 2
     topics = set()
@@ -144,12 +144,12 @@ def test_engine_build_project_gpu_image_compute_env_and_role(dev: Synth) -> None
     assert "EngineBuildProjectName" in outputs
 
 
-def test_engine_build_buildspec_comes_from_the_file(dev: Synth, sources: tuple[Path, Path]) -> None:
+def test_engine_build_buildspec_comes_from_the_file(dev: Synth) -> None:
     import yaml
 
     eb = dev.stacks.engine_build
     project = next(iter(resources(dev, eb, "AWS::CodeBuild::Project").values()))["Properties"]
-    assert yaml.safe_load(project["Source"]["BuildSpec"]) == yaml.safe_load(sources[1].read_text())
+    assert yaml.safe_load(project["Source"]["BuildSpec"]) == yaml.safe_load(BUILDSPEC.read_text())
 
 
 def test_engine_build_source_zip_holds_what_the_buildspec_runs(dev: Synth) -> None:

@@ -124,6 +124,50 @@ def test_library_constructs_is_not_shadowed_by_our_folder() -> None:
     assert issubclass(queue_function.QueueFedFunction, constructs.Construct)
 
 
+def test_no_resource_has_a_fixed_name_and_a_plain_retain_policy(any_env: Synth) -> None:
+    """A failed first create keeps plain-Retain resources; with a fixed name every retry then fails
+    with "already exists". RetainExceptOnCreate (RETAIN_ON_UPDATE_OR_DELETE) removes them."""
+    retained = 0
+    for name, template in templates(any_env):
+        for logical_id, resource in template["Resources"].items():
+            # (UpdateReplacePolicy stays Retain: CloudFormation cannot replace a custom-named resource anyway)
+            policies = {resource.get("DeletionPolicy")}
+            fixed = [k for k in resource.get("Properties", {}) if k.endswith("Name") and k not in (
+                "DisplayName", "VariantName", "MetricName")]
+            retained += "RetainExceptOnCreate" in policies
+            if fixed:
+                assert "Retain" not in policies, (name, logical_id, fixed)
+    assert retained >= 6 if any_env.cfg.retain else retained == 0  # buckets, key, repository, log groups
+
+
+def test_key_policy_statements_for_s3_and_sns_are_limited_to_this_account(any_env: Synth) -> None:
+    key = next(v for v in any_env.template_json(any_env.stacks.storage)["Resources"].values()
+               if v["Type"] == "AWS::KMS::Key")
+    statements = [s for s in key["Properties"]["KeyPolicy"]["Statement"]
+                  if {"s3.amazonaws.com", "sns.amazonaws.com"} & {p for p in as_list(s["Principal"].get("Service", []))
+                                                                   if isinstance(p, str)}]
+    assert statements
+    for statement in statements:
+        assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}, statement
+
+
+def test_no_hard_coded_aws_partition(any_env: Synth) -> None:
+    from stacks.image import REPO_ROOT
+
+    for name, template in templates(any_env):
+        assert '"arn:aws:' not in json.dumps(template), name
+    for path in [*(REPO_ROOT / "stacks").glob("*.py"), *(REPO_ROOT / "constructs").glob("*.py"), REPO_ROOT / "app.py"]:
+        assert "arn:aws:" not in path.read_text(), path
+
+
+def test_engine_build_region_is_checked_by_cloudformation_when_synth_cannot(dev: Synth) -> None:
+    from stacks.config import CODEBUILD_GPU_REGIONS
+
+    rules = dev.template_json(dev.stacks.engine_build)["Rules"]
+    assertion = rules["GpuBuildRegion"]["Assertions"][0]
+    assert assertion["Assert"] == {"Fn::Contains": [list(CODEBUILD_GPU_REGIONS), {"Ref": "AWS::Region"}]}
+
+
 # --- snapshots -----------------------------------------------------------------------------
 
 _HASH = re.compile(r"\b[0-9a-f]{64}\b")
@@ -139,15 +183,17 @@ def masked(template: dict[str, Any]) -> dict[str, Any]:
 def test_snapshot(any_env: Synth) -> None:
     """Templates match tests/infra/snapshots/<env>/; refresh with UPDATE_SNAPSHOTS=1 after a reviewed change."""
     folder = SNAPSHOTS / any_env.cfg.name
-    folder.mkdir(parents=True, exist_ok=True)
-    changed = []
+    changed, missing = [], []
     for name, template in templates(any_env):
         path = folder / f"{name}.json"
         current = masked(template)
-        if UPDATE or not path.exists():
+        if UPDATE:
+            folder.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
-            continue
-        if json.loads(path.read_text()) != current:
+        elif not path.exists():
+            missing.append(name)  # a missing snapshot is a failure, never silently written
+        elif json.loads(path.read_text()) != current:
             changed.append(name)
+    assert not missing, f"no snapshot for {missing}; review the templates, then UPDATE_SNAPSHOTS=1 pytest tests/infra"
     assert not changed, f"templates changed: {changed}; review, then UPDATE_SNAPSHOTS=1 pytest tests/infra"
     assert sorted(p.stem for p in folder.glob("*.json")) == sorted(name for name, _ in templates(any_env))
