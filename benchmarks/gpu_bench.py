@@ -116,7 +116,7 @@ def prepare(args: argparse.Namespace) -> None:
     ours = TorchBackend.from_model_dir(model_dir, device="cpu")
     ours.model = carried
     pcm = [(a * 32767).astype(np.int16).astype(np.float32) / 32767 for a in audio]
-    ours_txt = ["".join(s.text for s in segs) for segs in ours.transcribe_chunks(pcm, DecodeOptions(language="en"))]
+    ours_txt = ["".join(s.text for s in segs) for segs in ours.transcribe_chunks(pcm, DecodeOptions(language="en", beam_size=1))]
     refs = {c.name: {"reference": c.reference, "faster_whisper_beam1": f1, "faster_whisper_beam5": f5,
                      "ours_cpu_carried_weights": o}
             for c, f1, f5, o in zip(check, ref_fw, ref_fw5, ours_txt)}
@@ -169,7 +169,8 @@ def correctness(out: Path) -> list[dict]:
     except ImportError:  # whisper_normalizer is not on the device image: `table` scores later
         wer = None
     from whisper_server.backends.base import DecodeOptions
-    from whisper_server.backends.torch_backend import TorchBackend, Tokenizer
+    from whisper_server.backends.torch_backend import TorchBackend
+    from whisper_server.decoding import WhisperTokenizer as Tokenizer
     from whisper_server.backends.torch_convert import build
     from whisper_server.backends.torch_model import Dims
 
@@ -177,18 +178,18 @@ def correctness(out: Path) -> list[dict]:
     model = build(dims, unpack_weights(WORK), "cuda", torch.float16)
     suppress = json.loads((WORK / "config.json").read_text())["suppress_ids"]
     backend = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
-                           max_batch=16, use_graphs=True)
+                           max_batch=16, use_graphs=True, continuous_batching=False)
     int8 = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
-                        max_batch=16, use_graphs=True, cross_int8=True)
+                        max_batch=16, use_graphs=True, cross_int8=True, continuous_batching=False)
     stream = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
                           max_batch=2, use_graphs=True, continuous_batching=True)
     clips = np.load(WORK / "check_clips.npz")
     refs = json.loads((WORK / "references.json").read_text())
     names = list(refs)
     audio = [clips[n].astype(np.float32) / 32767 for n in names]
-    results = backend.transcribe_chunks(audio, DecodeOptions(language="en"))
-    results8 = int8.transcribe_chunks(audio, DecodeOptions(language="en"))
-    results_stream = stream.transcribe_chunks(audio, DecodeOptions(language="en"))
+    results = backend.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
+    results8 = int8.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
+    results_stream = stream.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
     rows = []
     for name, segs, segs8, segs_s in zip(names, results, results8, results_stream):
         text = "".join(s.text for s in segs)
@@ -254,7 +255,8 @@ def precision_check(out: Path) -> dict:
     import torch
 
     from whisper_server.backends.base import DecodeOptions
-    from whisper_server.backends.torch_backend import TorchBackend, Tokenizer
+    from whisper_server.backends.torch_backend import TorchBackend
+    from whisper_server.decoding import WhisperTokenizer as Tokenizer
     from whisper_server.backends.torch_convert import build
     from whisper_server.backends.torch_model import Dims
 
@@ -270,8 +272,9 @@ def precision_check(out: Path) -> dict:
         for graphs in (True, False):
             for single in (False, True):
                 be = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en",
-                                  suppress=suppress, max_batch=1 if single else 16, use_graphs=graphs)
-                res = be.transcribe_chunks(audio, DecodeOptions(language="en"))
+                                  suppress=suppress, max_batch=1 if single else 16, use_graphs=graphs,
+                                  continuous_batching=False)
+                res = be.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
                 key = f"{dtype} graphs={graphs} batch={'1' if single else 'all'}"
                 report[key] = {n: [[s.start, s.end, s.text] for s in r] for n, r in zip(names, res)}
                 short = {n[:40]: "".join(x[2] for x in v)[:40] for n, v in report[key].items() if "4507" in n or "8455" in n}

@@ -50,7 +50,7 @@ def test_registry_builds_torch_backend_from_settings(tiny_en_dir):
 @pytest.fixture(scope="module")
 def ours(backend, audio):
     """Our transcripts of all the clips, decoded once as one lockstep batch."""
-    return backend.transcribe_chunks([a for _, a in audio], DecodeOptions(language="en"))
+    return backend.transcribe_chunks([a for _, a in audio], DecodeOptions(language="en", beam_size=1))
 
 
 def test_backend_satisfies_protocol(backend):
@@ -167,10 +167,10 @@ def test_int8_cross_cache_attention_is_close_to_fp32():
 def test_int8_cross_cache_keeps_transcripts(backend, audio):
     """The same model with its cross-attention cache in int8: same words on the short clips."""
     short = [a for _, a in audio[1:3]]  # the two shortest: keep this under 20 s
-    fp = backend.transcribe_chunks(short, DecodeOptions(language="en"))
+    fp = backend.transcribe_chunks(short, DecodeOptions(language="en", beam_size=1))
     int8 = TorchBackend(model=backend.model, tokenizer=backend.tokenizer, name="tiny.en", suppress=backend._suppress.tolist(),
                         max_batch=8, use_graphs=False, cross_int8=True)
-    q8 = int8.transcribe_chunks(short, DecodeOptions(language="en"))
+    q8 = int8.transcribe_chunks(short, DecodeOptions(language="en", beam_size=1))
     for a, b in zip(fp, q8):
         ta, tb = "".join(s.text for s in a), "".join(s.text for s in b)
         assert wer(ta, tb) <= 0.2, (ta, tb)
@@ -185,7 +185,7 @@ def test_continuous_batching_gives_the_lockstep_result(backend, audio, ours):
     lockstep = [ours[i] for i in short]
     stream = TorchBackend(model=backend.model, tokenizer=backend.tokenizer, name="tiny.en",
                           suppress=backend._suppress.tolist(), max_batch=2, continuous_batching=True)
-    refilled = stream.transcribe_chunks(chunks, DecodeOptions(language="en"))
+    refilled = stream.transcribe_chunks(chunks, DecodeOptions(language="en", beam_size=1))
     assert [[(s.start, s.end, s.text) for s in c] for c in refilled] == \
            [[(s.start, s.end, s.text) for s in c] for c in lockstep]
 
@@ -240,7 +240,7 @@ def test_multilingual_base_detects_language_and_matches_faster_whisper(base_dir)
         a = decode_audio(str(clip.path))
         language, probability = be.detect_language(a)
         assert language == clip.language and probability > 0.9
-        ours = "".join(s.text for s in be.transcribe_chunks([a], DecodeOptions(language=clip.language))[0])
+        ours = "".join(s.text for s in be.transcribe_chunks([a], DecodeOptions(language=clip.language, beam_size=1))[0])
         theirs = "".join(s.text for s in fw.transcribe(a, language=clip.language, beam_size=1)[0])
         assert abs(cer(clip.reference, ours, clip.language) - cer(clip.reference, theirs, clip.language)) <= 0.2
     be.close()
@@ -315,11 +315,11 @@ def test_server_pipeline_runs_the_torch_backend_end_to_end(backend):
     assert backend.capabilities.word_timestamps is True
     c = clip("LJ001-0004")  # AAC in M4A: decoded by the server's PyAV path, not by this test
     settings = Settings(model_dir="unused", backend="torch", device="cpu")
-    t = transcribe_file(c.path, RequestOptions(), backend, settings)
+    t = transcribe_file(c.path, RequestOptions(beam_size=1), backend, settings)
     assert t.model.backend == "torch" and t.language == "en"
     assert wer(c.reference, t.text) <= 0.2
     assert all(s.words is None for s in t.segments)
-    words = transcribe_file(c.path, RequestOptions(word_timestamps=True, initial_prompt="Printing history.",
+    words = transcribe_file(c.path, RequestOptions(beam_size=1, word_timestamps=True, initial_prompt="Printing history.",
                                                    hotwords="Caxton"), backend, settings)
     assert all(s.words and "".join(w.word for w in s.words) == s.text for s in words.segments)
     assert all(w.start <= w.end for s in words.segments for w in s.words)
