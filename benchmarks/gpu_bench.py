@@ -116,13 +116,112 @@ def prepare(args: argparse.Namespace) -> None:
     ours = TorchBackend.from_model_dir(model_dir, device="cpu")
     ours.model = carried
     pcm = [(a * 32767).astype(np.int16).astype(np.float32) / 32767 for a in audio]
-    ours_txt = ["".join(s.text for s in segs) for segs in ours.transcribe_chunks(pcm, DecodeOptions(language="en"))]
+    ours_txt = ["".join(s.text for s in segs) for segs in ours.transcribe_chunks(pcm, DecodeOptions(language="en", beam_size=1))]
     refs = {c.name: {"reference": c.reference, "faster_whisper_beam1": f1, "faster_whisper_beam5": f5,
                      "ours_cpu_carried_weights": o}
             for c, f1, f5, o in zip(check, ref_fw, ref_fw5, ours_txt)}
     (WORK / "references.json").write_text(json.dumps(refs, indent=1))
     size = sum(p.stat().st_size for p in WORK.iterdir()) / 2**20
     print(f"prepared {n} speech chunks, {len(check)} check clips, {size:.1f} MiB in {WORK}")
+
+
+def _words(backend, audio: list[np.ndarray]) -> list[list[list]]:
+    from whisper_server.backends.base import DecodeOptions
+
+    options = DecodeOptions(language="en", word_timestamps=True, beam_size=1)
+    return [[[w.word, w.start, w.end] for s in segs for w in s.words]
+            for segs in backend.transcribe_chunks(audio, options)]
+
+
+def word_agreement(ours: list[list], ref: list[list], tol: float = 0.2) -> dict:
+    """Matched words (same normalised text, in order) and the share with start and end within ``tol`` s."""
+    import difflib
+
+    def norm(w: list) -> str:
+        return "".join(ch for ch in w[0].lower() if ch.isalnum())
+
+    m = difflib.SequenceMatcher(a=[norm(w) for w in ours], b=[norm(w) for w in ref], autojunk=False)
+    pairs = [(ours[b.a + k], ref[b.b + k]) for b in m.get_matching_blocks() for k in range(b.size)]
+    close = sum(abs(x[1] - y[1]) <= tol and abs(x[2] - y[2]) <= tol for x, y in pairs)
+    worst = max((max(abs(x[1] - y[1]), abs(x[2] - y[2])) for x, y in pairs), default=0.0)
+    return {"words": len(ours), "reference_words": len(ref), "matched": len(pairs), "within_tol": close,
+            "share_within_tol": round(close / max(len(pairs), 1), 4), "worst_s": round(worst, 3)}
+
+
+def prepare_words(args: argparse.Namespace) -> None:
+    """Here: tiny.en weights (packed), the shipped English clips < 30 s, and the word-timing
+    references: our faster-whisper backend (original weights, CPU float32, greedy) and our torch
+    backend on CPU with the carried weights."""
+    import shutil
+
+    import torch
+    from faster_whisper import decode_audio
+
+    from whisper_eval.clips import SHIPPED, load_clips
+    from whisper_server.backends.faster_whisper_backend import FasterWhisperBackend
+    from whisper_server.backends.torch_backend import TorchBackend
+    from whisper_server.backends.torch_convert import build, state_dict_from_ct2
+    from whisper_server.bundled import bundled_model_dir
+    from whisper_server.settings import Settings
+
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    check = [c for c in load_clips(SHIPPED) if c.language == "en" and c.duration < 30]
+    pcm = {c.name: (decode_audio(str(c.path)) * 32767).astype(np.int16) for c in check}
+    np.savez(work / "check_clips.npz", **pcm)
+    audio = [pcm[c.name].astype(np.float32) / 32767 for c in check]
+    model_dir = bundled_model_dir("tiny.en")
+    dims, state = state_dict_from_ct2(model_dir / "model.bin")
+    pack_weights(state, work)
+    for extra in ("tokenizer.json", "config.json"):
+        shutil.copyfile(model_dir / extra, work / extra)
+    (work / "dims.json").write_text(json.dumps(dims.__dict__))
+    torch.set_num_threads(2)
+    fw = FasterWhisperBackend(Settings(model_dir=str(model_dir), device="cpu", compute_type="float32", cpu_threads=2))
+    ours = TorchBackend.from_model_dir(model_dir, device="cpu")
+    ours.model = build(dims, unpack_weights(work), "cpu", torch.float32)
+    refs = {"clips": [c.name for c in check], "faster_whisper_cpu": _words(fw, audio),
+            "torch_cpu_carried": _words(ours, audio)}
+    (work / "word_references.json").write_text(json.dumps(refs))
+    size = sum(p.stat().st_size for p in work.iterdir()) / 2**20
+    print(f"{len(check)} clips, {size:.1f} MiB in {work}")
+
+
+def words_on_device(args: argparse.Namespace) -> None:
+    """Device: the torch backend's word timings on CUDA (bf16 and fp32, continuous batching
+    and lockstep) against the references carried from the CPU machine."""
+    import torch
+
+    from whisper_server.backends.torch_backend import TorchBackend, alignment_heads
+    from whisper_server.backends.torch_convert import build
+    from whisper_server.backends.torch_model import Dims
+    from whisper_server.decoding import WhisperTokenizer
+
+    work, out = Path(args.dir), Path(args.out)
+    refs = json.loads((work / "word_references.json").read_text())
+    clips = np.load(work / "check_clips.npz")
+    audio = [clips[n].astype(np.float32) / 32767 for n in refs["clips"]]
+    dims = Dims(**json.loads((work / "dims.json").read_text()))
+    config = json.loads((work / "config.json").read_text())
+    weights = unpack_weights(work)
+    report: dict = {"env": _env()}
+    for dtype in ("bfloat16", "float32"):
+        model = build(dims, weights, "cuda", getattr(torch, dtype))
+        for continuous in (True, False):
+            be = TorchBackend(model=model, tokenizer=WhisperTokenizer(work / "tokenizer.json"), name="tiny.en",
+                              suppress=config["suppress_ids"], max_batch=16, use_graphs=True,
+                              continuous_batching=continuous, heads=alignment_heads(dims, config["alignment_heads"]))
+            t0 = time.perf_counter()
+            got = _words(be, audio)
+            key = f"{dtype}_{'continuous' if continuous else 'lockstep'}"
+            report[key] = {"seconds": round(time.perf_counter() - t0, 3), "clips": {
+                name: {"vs_faster_whisper": word_agreement(g, f), "vs_torch_cpu": word_agreement(g, c)}
+                for name, g, f, c in zip(refs["clips"], got, refs["faster_whisper_cpu"], refs["torch_cpu_carried"])}}
+    report["cpu_torch_vs_faster_whisper"] = {name: word_agreement(c, f) for name, c, f in zip(
+        refs["clips"], refs["torch_cpu_carried"], refs["faster_whisper_cpu"])}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_words.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "env"}, indent=1)[:6000])
 
 
 # --------------------------------------------------------------------------- device side
@@ -169,7 +268,8 @@ def correctness(out: Path) -> list[dict]:
     except ImportError:  # whisper_normalizer is not on the device image: `table` scores later
         wer = None
     from whisper_server.backends.base import DecodeOptions
-    from whisper_server.backends.torch_backend import TorchBackend, Tokenizer
+    from whisper_server.backends.torch_backend import TorchBackend
+    from whisper_server.decoding import WhisperTokenizer as Tokenizer
     from whisper_server.backends.torch_convert import build
     from whisper_server.backends.torch_model import Dims
 
@@ -177,18 +277,18 @@ def correctness(out: Path) -> list[dict]:
     model = build(dims, unpack_weights(WORK), "cuda", torch.float16)
     suppress = json.loads((WORK / "config.json").read_text())["suppress_ids"]
     backend = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
-                           max_batch=16, use_graphs=True)
+                           max_batch=16, use_graphs=True, continuous_batching=False)
     int8 = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
-                        max_batch=16, use_graphs=True, cross_int8=True)
+                        max_batch=16, use_graphs=True, cross_int8=True, continuous_batching=False)
     stream = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en", suppress=suppress,
                           max_batch=2, use_graphs=True, continuous_batching=True)
     clips = np.load(WORK / "check_clips.npz")
     refs = json.loads((WORK / "references.json").read_text())
     names = list(refs)
     audio = [clips[n].astype(np.float32) / 32767 for n in names]
-    results = backend.transcribe_chunks(audio, DecodeOptions(language="en"))
-    results8 = int8.transcribe_chunks(audio, DecodeOptions(language="en"))
-    results_stream = stream.transcribe_chunks(audio, DecodeOptions(language="en"))
+    results = backend.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
+    results8 = int8.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
+    results_stream = stream.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
     rows = []
     for name, segs, segs8, segs_s in zip(names, results, results8, results_stream):
         text = "".join(s.text for s in segs)
@@ -254,7 +354,8 @@ def precision_check(out: Path) -> dict:
     import torch
 
     from whisper_server.backends.base import DecodeOptions
-    from whisper_server.backends.torch_backend import TorchBackend, Tokenizer
+    from whisper_server.backends.torch_backend import TorchBackend
+    from whisper_server.decoding import WhisperTokenizer as Tokenizer
     from whisper_server.backends.torch_convert import build
     from whisper_server.backends.torch_model import Dims
 
@@ -270,8 +371,9 @@ def precision_check(out: Path) -> dict:
         for graphs in (True, False):
             for single in (False, True):
                 be = TorchBackend(model=model, tokenizer=Tokenizer(WORK / "tokenizer.json"), name="tiny.en",
-                                  suppress=suppress, max_batch=1 if single else 16, use_graphs=graphs)
-                res = be.transcribe_chunks(audio, DecodeOptions(language="en"))
+                                  suppress=suppress, max_batch=1 if single else 16, use_graphs=graphs,
+                                  continuous_batching=False)
+                res = be.transcribe_chunks(audio, DecodeOptions(language="en", beam_size=1))
                 key = f"{dtype} graphs={graphs} batch={'1' if single else 'all'}"
                 report[key] = {n: [[s.start, s.end, s.text] for s in r] for n, r in zip(names, res)}
                 short = {n[:40]: "".join(x[2] for x in v)[:40] for n, v in report[key].items() if "4507" in n or "8455" in n}
@@ -696,11 +798,20 @@ def main() -> None:
     pp2.add_argument("--out")
     pf = sub.add_parser("profile")
     pf.add_argument("--out")
+    pw = sub.add_parser("prepare-words")
+    pw.add_argument("--dir", required=True)
+    pd = sub.add_parser("words")
+    pd.add_argument("--dir", required=True)
+    pd.add_argument("--out", required=True)
     pm = sub.add_parser("merge")
     pm.add_argument("target")
     pm.add_argument("runs", nargs="+")
     args = p.parse_args()
-    if args.cmd == "prepare":
+    if args.cmd == "prepare-words":
+        prepare_words(args)
+    elif args.cmd == "words":
+        words_on_device(args)
+    elif args.cmd == "prepare":
         prepare(args)
     elif args.cmd == "run":
         run(args)

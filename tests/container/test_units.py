@@ -11,7 +11,8 @@ import pytest
 from whisper_contract import ContractError, RequestOptions, Segment, Word, env
 from whisper_server.backends import REGISTRY, Backend, load_backend
 from whisper_server.backends.base import SAMPLE_RATE
-from whisper_server.backends.faster_whisper_backend import FasterWhisperBackend, split_sentences
+from whisper_server.backends.faster_whisper_backend import FasterWhisperBackend
+from whisper_server.decoding import split_sentences
 from whisper_server.negotiate import choose_format, parse_options
 from whisper_server.pipeline import Chunk
 from whisper_server.settings import Settings
@@ -69,7 +70,7 @@ def test_faster_whisper_backend_follows_the_protocol(tiny_en_dir):
     backend = load_backend(Settings(model_dir=str(tiny_en_dir), device="cpu"))
     assert isinstance(backend, FasterWhisperBackend) and isinstance(backend, Backend)
     assert backend.multilingual is False and backend.detect_language(np.zeros(SAMPLE_RATE, np.float32)) == ("en", 1.0)
-    for name in ("detect_language", "transcribe_chunks", "close"):
+    for name in ("detect_language", "encode", "decode", "align", "healthy", "close"):
         ours = inspect.signature(getattr(FasterWhisperBackend, name))
         proto = inspect.signature(getattr(Backend, name))
         assert list(ours.parameters) == list(proto.parameters), name

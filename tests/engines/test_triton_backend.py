@@ -17,7 +17,8 @@ import pytest
 
 from whisper_contract import ContractError, ErrorCode
 from whisper_server.backends.base import SAMPLE_RATE, Backend, DecodeOptions
-from whisper_server.backends.triton_backend import TritonBackend, parse_segments, text_prefix
+from whisper_server.backends.triton_backend import TritonBackend, text_prefix, text_to_tokens
+from whisper_server.decoding import cut_at_timestamps
 
 pytest.importorskip("tritonclient.grpc")
 
@@ -152,15 +153,19 @@ def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
         TritonBackend.from_model_dir(tmp_path)
 
 
-def test_parse_segments_edge_cases() -> None:
-    assert parse_segments("", 5.0, -0.1) == []
-    (only,) = parse_segments(" no stamps at all", 4.0, -0.1)
-    assert (only.start, only.end, only.text) == (0.0, 4.0, " no stamps at all")
+def test_engine_text_is_cut_like_any_backend(backend: TritonBackend) -> None:
+    """The engines' text becomes token ids, cut by the shared rule (whisper_server.decoding)."""
+    tok = backend.tokenizer
+
+    def cut(text: str, duration: float) -> list[tuple[float, float, str]]:
+        pieces, _ = cut_at_timestamps(text_to_tokens(tok, text), tok.specials.timestamp_begin, duration)
+        return [(s, e, tok.decode(p)) for s, e, p in pieces if tok.decode(p).strip()]
+
+    assert cut("", 5.0) == []
+    assert cut(" no stamps at all", 4.0) == [(0.0, 4.0, " no stamps at all")]
     # A stamp past the chunk end is clamped; special tokens other than stamps are dropped.
-    (seg,) = parse_segments("<|en|><|1.00|> late<|99.00|>", 4.0, -0.1)
-    assert (seg.start, seg.end, seg.text) == (1.0, 4.0, " late")
+    assert cut("<|en|><|1.00|> late<|29.00|>", 4.0) == [(1.0, 4.0, " late")]
     assert text_prefix(None, "transcribe") == "<|startoftranscript|>"
-    assert math.isclose(parse_segments("<|0.50|> a<|1.00|>", 2.0, -0.3)[0].avg_logprob, -0.3)
 
 
 def test_launch_from_server_settings(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from faster_whisper.vad import VadOptions, get_speech_timestamps
 from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
 from whisper_server import audio
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
+from whisper_server.decoding import is_silence
 from whisper_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,6 @@ SPLIT_GAP_S = 1.0
 FIXED_PIECE_SAMPLES = 5 * SAMPLE_RATE
 # Stretches of speech at least this long with no decoded word get a second decode.
 MIN_MISSED_S = 1.0
-# Whisper's rule for a segment that is silence dressed up as text.
-NO_SPEECH_PROB = 0.6
-LOW_LOGPROB = -1.0
 
 
 @dataclass(frozen=True)
@@ -165,12 +163,13 @@ def _chunk(buffer: np.ndarray, offset: int, regions: list[dict[str, int]]) -> Ch
 
 
 def validate(options: RequestOptions, backend: Backend) -> None:
-    """Reject what the model cannot do before any audio is decoded."""
-    if options.word_timestamps and not backend.word_timestamps:
+    """Reject what the model cannot do (its declared ``capabilities``) before any audio is decoded."""
+    caps = backend.capabilities
+    if options.word_timestamps and not caps.word_timestamps:
         raise ContractError(ErrorCode.BAD_OPTION,
                             f"word_timestamps is not available with the {backend.info.backend} backend; "
-                            "use the faster-whisper backend")
-    if not backend.multilingual:
+                            "use the faster-whisper or torch backend")
+    if not caps.multilingual:
         if options.language not in (None, "en"):
             raise ContractError(ErrorCode.BAD_OPTION,
                                 f"model {backend.info.model!r} is English-only: it cannot transcribe "
@@ -279,7 +278,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
         missed: list[Chunk] = []
         for chunk, chunk_segments in zip(todo, results):
             kept = [seg for seg in chunk_segments if seg.text.strip()
-                    and not (seg.no_speech_prob > NO_SPEECH_PROB and seg.avg_logprob < LOW_LOGPROB)]
+                    and not is_silence(seg.avg_logprob, seg.no_speech_prob)]
             for seg in kept:
                 for placed in chunk.place(seg):
                     segments.append(replace(placed, words=placed.words if options.word_timestamps else None))
@@ -305,7 +304,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
             decode = DecodeOptions(language=language, task=options.task, beam_size=options.beam_size,
                                    # whenever the backend can: word times place text correctly
                                    # across cut-out silences
-                                   word_timestamps=backend.word_timestamps,
+                                   word_timestamps=backend.capabilities.word_timestamps,
                                    initial_prompt=options.initial_prompt, hotwords=options.hotwords)
         batch.append(chunk)
         if len(batch) >= settings.batch_size:

@@ -1,61 +1,45 @@
-"""The interface every Whisper backend implements.
+"""The interface every Whisper backend implements (defined in ``whisper_server.decoding``).
 
 The server owns everything around the model: decoding any audio format, VAD segmentation
-into windows of at most 30 s, batching, global timestamps, formats and errors. A backend
-only turns a batch of <=30 s, 16 kHz mono chunks into chunk-relative segments, so
-faster-whisper, PyTorch and TensorRT-LLM/Triton share every other line.
+into windows of at most 30 s, batching, global timestamps, formats and errors; the
+decoding policy (prompt, temperature fallback, no-speech skip, segments, words) is
+``whisper_server.decoding``. A backend supplies only primitives (encode, decode, align,
+detect_language) and its ``Capabilities``, so faster-whisper, PyTorch and TensorRT-LLM/Triton
+share every other line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 import numpy as np
 
-from whisper_contract import ModelInfo, Segment
-
-SAMPLE_RATE = 16_000
-CHUNK_SECONDS = 30
-CHUNK_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS
-# Whisper's reference temperature fallback schedule (openai/whisper transcribe.py).
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+from whisper_contract import Segment
+from whisper_server.decoding import (CHUNK_SAMPLES, SAMPLE_RATE, TEMPERATURES, Alignment, Attempt, Backend,
+                                     Capabilities, DecodeOptions, Prompt, transcribe_chunks)
 
 
-@dataclass(frozen=True)
-class DecodeOptions:
-    """What reaches a backend: already validated, language already resolved."""
+class BackendBase:
+    """What every backend gets from the shared decoding policy."""
 
-    language: str  # resolved: detection happens once per file, before decoding
-    task: str = "transcribe"
-    beam_size: int = 5
-    word_timestamps: bool = False
-    initial_prompt: str | None = None
-    hotwords: str | None = None
-    temperatures: tuple[float, ...] = TEMPERATURES
+    capabilities: Capabilities
 
+    @property
+    def multilingual(self) -> bool:
+        return self.capabilities.multilingual
 
-@runtime_checkable
-class Backend(Protocol):
-    info: ModelInfo
-    multilingual: bool
-    # False where the model exposes no cross-attention to align words with (TensorRT-LLM
-    # engines) or the aligner is not written yet (torch): the server then neither asks for
-    # words nor accepts a request for them.
-    word_timestamps: bool
-
-    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
-        """Most likely language of up to 30 s of audio, and its probability."""
-        ...
+    @property
+    def word_timestamps(self) -> bool:
+        return self.capabilities.word_timestamps
 
     def transcribe_chunks(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
-        """Decode each chunk (float32, 16 kHz, mono, len <= CHUNK_SAMPLES).
+        """Each chunk (float32, 16 kHz, mono, len <= CHUNK_SAMPLES) as chunk-relative
+        segments with ids from 0, in input order; the server shifts and renumbers them."""
+        return transcribe_chunks(self, chunks, options)  # type: ignore[arg-type]
 
-        Returns one list of segments per chunk, in input order, with times relative to the
-        chunk's start and ids starting at 0; the server shifts and renumbers them.
-        """
-        ...
+    def healthy(self) -> bool:
+        return True
 
-    def close(self) -> None:
-        """Release the model (GPU memory, child processes)."""
-        ...
+
+__all__ = ["Alignment", "Attempt", "Backend", "BackendBase", "CHUNK_SAMPLES", "Capabilities", "DecodeOptions",
+           "Prompt", "SAMPLE_RATE", "TEMPERATURES"]

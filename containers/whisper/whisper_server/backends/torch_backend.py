@@ -1,21 +1,22 @@
-"""The ``torch`` backend: our PyTorch Whisper (torch_model.py) behind the Backend protocol.
+"""The ``torch`` backend: our PyTorch Whisper (torch_model.py) behind the backend primitives.
 
-Decoding follows openai/whisper's reference (decoding.py, transcribe.py) for one 30 s
-window: the same suppressed tokens, timestamp rules, temperature fallback on compression
-ratio / average log-probability, and the no-speech skip. Differences, on purpose:
+The decoding policy (prompt, temperature fallback, no-speech skip, segments, seek, words)
+is ``whisper_server.decoding``; this module supplies the primitives: encode, decode a batch
+of rows at one temperature with Whisper's logit rules (suppressed tokens, blank suppression,
+timestamp pairing / monotonicity / max initial timestamp 1 s / timestamp-probability rule),
+and align text tokens with the audio from the alignment heads' cross-attention + DTW
+(openai/whisper timing.py). Differences from the reference, on purpose:
 
-* temperature 0 is greedy (``beam_size`` is not used) and T > 0 draws one sample (best_of 1):
-  beams multiply the cross-attention reads that bound throughput;
-* no word timestamps (``Segment.words`` stays None);
-* the batch decodes in lockstep: every chunk of a call shares one prompt, one KV cache and,
-  on CUDA, one CUDA graph per batch bucket for the decode step.
+* T > 0 draws one sample (best_of 1); beam search is written for batch rows in lockstep
+  (no CUDA graph: beams reorder the cache each step);
+* the batch decodes in lockstep by default: every row of a call shares one prompt, one KV
+  cache and, on CUDA, one CUDA graph per batch bucket for the decode step; continuous
+  batching refills finished rows instead.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,22 +24,37 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from whisper_contract import ContractError, ErrorCode, ModelInfo, Segment
+from whisper_contract import ModelInfo
+from whisper_server.decoding import (MAX_INITIAL_TIMESTAMP, TIME_PRECISION, Alignment, Attempt, Capabilities, Prompt,
+                                     WhisperTokenizer, alignment_frames, dtw, suppressed_tokens)
 from whisper_server.settings import Settings
 
-from .base import CHUNK_SAMPLES, DecodeOptions
-from .torch_model import Decoder, DecodeState, Dims, Whisper
+from .base import CHUNK_SAMPLES, BackendBase
+from .torch_model import PRESETS, Decoder, DecodeState, Dims, Whisper
 
-# openai/whisper transcribe() defaults.
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOGPROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
-MAX_INITIAL_TIMESTAMP = 1.0
-TIME_PRECISION = 0.02
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-MAX_WINDOWS_PER_CHUNK = 8  # seek rounds per chunk: each round moves forward by >= one closed segment
-MIN_TAIL_S = 0.1  # a shorter rest of a chunk cannot hold a word
 GIB = 1 << 30
+MAX_BEAM = 10  # whisper_contract.options.MAX_BEAM_SIZE
+MEDIAN_FILTER_WIDTH = 7  # openai timing.py
+# Cross-attention heads that follow the audio ([layer, head]), from openai/whisper
+# __init__.py _ALIGNMENT_HEADS as CTranslate2's converter writes them into config.json
+# (the bundled tiny.en and base folders); a model folder's own config.json wins.
+ALIGNMENT_HEADS: dict[str, tuple[tuple[int, int], ...]] = {
+    "tiny.en": ((1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)),
+    "base": ((3, 1), (4, 2), (4, 3), (4, 7), (5, 1), (5, 2), (5, 4), (5, 6)),
+}
+
+
+def alignment_heads(dims: Dims, configured: Sequence[Sequence[int]] | None = None) -> tuple[tuple[int, int], ...]:
+    """The model's own heads, else the known ones for its shape, else openai's default for an
+    unknown model: every head of the upper half of the decoder layers."""
+    if configured:
+        return tuple((int(layer), int(head)) for layer, head in configured)
+    for name, preset in PRESETS.items():
+        if preset == dims and name in ALIGNMENT_HEADS:
+            return ALIGNMENT_HEADS[name]
+    return tuple((layer, head) for layer in range(dims.n_text_layer // 2, dims.n_text_layer)
+                 for head in range(dims.n_text_head))
 
 
 # --------------------------------------------------------------------------- memory model
@@ -66,53 +82,6 @@ def max_batch_size(dims: Dims, gpu_bytes: int, dtype_bytes: int = 2, ctx: int = 
 
 def bucket(n: int) -> int:
     return next(b for b in BATCH_BUCKETS if b >= n)
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-@dataclass(frozen=True)
-class Specials:
-    eot: int
-    sot: int
-    translate: int
-    transcribe: int
-    sot_lm: int
-    sot_prev: int
-    no_speech: int
-    no_timestamps: int
-    timestamp_begin: int
-    languages: dict[str, int]  # "en" -> token id
-
-
-class Tokenizer:
-    """Whisper's byte-level BPE (tokenizer.json) and its special tokens."""
-
-    def __init__(self, path: Path) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        self._tok = HFTokenizer.from_file(str(path))
-        tid = self._tok.token_to_id
-        no_speech = tid("<|nospeech|>")
-        if no_speech is None:
-            no_speech = tid("<|nocaptions|>")
-        no_ts = tid("<|notimestamps|>")
-        ts0 = tid("<|0.00|>")
-        sot, translate = tid("<|startoftranscript|>"), tid("<|translate|>")
-        langs = {}
-        for i in range(sot + 1, translate):
-            token = self._tok.id_to_token(i)
-            if token and token.startswith("<|") and token.endswith("|>"):
-                langs[token[2:-2]] = i
-        self.specials = Specials(
-            eot=tid("<|endoftext|>"), sot=sot, translate=translate, transcribe=tid("<|transcribe|>"),
-            sot_lm=tid("<|startoflm|>"), sot_prev=tid("<|startofprev|>"), no_speech=no_speech,
-            no_timestamps=no_ts, timestamp_begin=ts0 if ts0 is not None else no_ts + 1, languages=langs)
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode([i for i in ids if i < self.specials.eot])
 
 
 # --------------------------------------------------------------------------- CUDA graphs
@@ -156,20 +125,6 @@ class StepRunner:
 
 # --------------------------------------------------------------------------- decoding
 
-@dataclass(frozen=True)
-class Decoded:
-    tokens: list[int]  # sampled tokens, without the final end-of-text
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-    temperature: float
-
-
-def compression_ratio(text: str) -> float:
-    raw = text.encode("utf-8")
-    return len(raw) / len(gzip.compress(raw)) if raw else 0.0
-
-
 COMPUTE_TYPES = ("default", "float16", "bfloat16", "float32")
 
 
@@ -188,12 +143,14 @@ def _load(model_dir: str | Path, *, device: str = "auto", dtype: str | None = No
     torch_dtype = (getattr(torch, dtype) if dtype and dtype != "default"
                    else torch.bfloat16 if device == "cuda" else torch.float32)
     model = load_model_dir(model_dir, device=device, dtype=torch_dtype)
-    tokenizer = Tokenizer(model_dir / "tokenizer.json")
+    tokenizer = WhisperTokenizer(model_dir / "tokenizer.json")
     suppress: list[int] = []
+    heads = None
     cfg_path = model_dir / "config.json"
     if cfg_path.exists():
         cfg = json.loads(cfg_path.read_text())
         suppress = cfg.get("suppress_ids") or cfg.get("suppress_tokens") or []
+        heads = cfg.get("alignment_heads")
     if max_batch is None:
         if device == "cuda":
             total = torch.cuda.get_device_properties(torch.device(device)).total_memory
@@ -204,7 +161,8 @@ def _load(model_dir: str | Path, *, device: str = "auto", dtype: str | None = No
     if compile_encoder and device == "cuda":
         model.encoder.compile()
     return dict(model=model, tokenizer=tokenizer, name=name or model_dir.name, suppress=suppress,
-                max_batch=max_batch, use_graphs=device == "cuda", cross_int8=cross_int8)
+                max_batch=max_batch, use_graphs=device == "cuda", cross_int8=cross_int8,
+                heads=alignment_heads(model.dims, heads))
 
 
 def _pick(logits: Tensor, first_stamp: int, temperature: float) -> tuple[Tensor, Tensor]:
@@ -221,56 +179,47 @@ def _pick(logits: Tensor, first_stamp: int, temperature: float) -> tuple[Tensor,
     return logits.argmax(-1), logprobs
 
 
-def _needs_fallback(d: "Decoded") -> bool:
-    """Whisper's rule: retry hotter when the text repeats itself or is unlikely, unless the
-    window is silence anyway."""
-    failed = d.compression_ratio > COMPRESSION_RATIO_THRESHOLD or d.avg_logprob < LOGPROB_THRESHOLD
-    silent = d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD
-    return failed and not silent
-
-
-class TorchBackend:
-    """Backend protocol implementation.
+class TorchBackend(BackendBase):
+    """The torch primitives.
 
     The server's registry builds it from Settings (``TorchBackend(settings)``: model_dir,
     device, compute_type); code and tests use :meth:`from_model_dir` or pass a loaded model.
     """
 
     def __init__(self, settings: Settings | None = None, *, model: Whisper | None = None,
-                 tokenizer: Tokenizer | None = None, name: str = "", suppress: Sequence[int] = (),
+                 tokenizer: WhisperTokenizer | None = None, name: str = "", suppress: Sequence[int] = (),
                  max_batch: int = 8, use_graphs: bool = False, cross_int8: bool = False,
-                 continuous_batching: bool = False) -> None:
+                 continuous_batching: bool = True, heads: Sequence[tuple[int, int]] | None = None) -> None:
         if settings is not None:
             loaded = _load(settings.model_dir, device=settings.device, dtype=settings.compute_type,
                            name=settings.label)
             model, tokenizer, name, suppress = loaded["model"], loaded["tokenizer"], loaded["name"], loaded["suppress"]
             max_batch, use_graphs, cross_int8 = loaded["max_batch"], loaded["use_graphs"], loaded["cross_int8"]
+            heads = loaded["heads"]
         if model is None or tokenizer is None:
             raise ValueError("TorchBackend needs settings, or a model and its tokenizer")
         self.model = model
         self.tokenizer = tokenizer
         self.sp = tokenizer.specials
-        self.multilingual = model.dims.n_vocab >= 51865
-        self.word_timestamps = False  # no cross-attention aligner yet
+        self.heads = tuple(heads) if heads else alignment_heads(model.dims)
+        self.capabilities = Capabilities(multilingual=model.dims.n_vocab >= 51865, word_timestamps=True,
+                                         max_beam=MAX_BEAM, timestamps=True)
         self.max_batch = max_batch
         self.use_graphs = use_graphs
         self.cross_int8 = cross_int8
-        # Continuous batching: a row whose chunk is done takes the next chunk at once instead
-        # of idling until the whole batch ends. Verified on CPU only so far; the lockstep path
-        # (False) is the one measured and checked on the H100.
+        # Continuous batching: a row whose window is done takes the next one at once instead
+        # of idling until the whole batch ends (same tokens as lockstep: tests check it).
         self.continuous = continuous_batching
         self.info = ModelInfo(model=name, backend="torch", version=torch.__version__,
                               device=str(model.device.type), compute_type=str(model.dtype).removeprefix("torch."))
-        sp = self.sp
-        self._suppress = torch.tensor(sorted(set(suppress) | {sp.translate, sp.transcribe, sp.sot, sp.sot_prev,
-                                                              sp.sot_lm, sp.no_speech}), device=model.device)
-        self._blank = torch.tensor(tokenizer.encode(" ") + [sp.eot], device=model.device)
-        self._runners: dict[int, StepRunner] = {}
+        self._suppress = torch.tensor(suppressed_tokens(tokenizer, suppress), device=model.device)
+        self._blank = torch.tensor(tokenizer.encode(" ") + [self.sp.eot], device=model.device)
+        self._runners: dict[tuple[int, bool], StepRunner] = {}
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
                        max_batch: int | None = None, name: str | None = None, cross_int8: bool = False,
-                       compile_encoder: bool = False, continuous_batching: bool = False) -> "TorchBackend":
+                       compile_encoder: bool = False, continuous_batching: bool = True) -> "TorchBackend":
         """Load a CTranslate2 (model.bin) or Hugging Face (model.safetensors) Whisper directory.
 
         device: "cuda", "cpu" or "auto"; dtype: "float16", "bfloat16" or "float32"
@@ -284,7 +233,7 @@ class TorchBackend:
                            cross_int8=cross_int8, compile_encoder=compile_encoder),
                    continuous_batching=continuous_batching)
 
-    # ----------------------------------------------------------------- protocol
+    # ----------------------------------------------------------------- primitives
 
     def close(self) -> None:
         self._runners.clear()
@@ -292,11 +241,14 @@ class TorchBackend:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def healthy(self) -> bool:
+        return self.model is not None
+
     @torch.no_grad()
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         if not self.multilingual:
             return "en", 1.0
-        enc = self._encode([audio])
+        enc = self.encode([audio])
         state = self.model.decoder.new_state(1, ctx=8)
         self.model.decoder.set_cross(state, enc)
         logits = self.model.decoder(torch.tensor([[self.sp.sot]], device=enc.device),
@@ -308,56 +260,7 @@ class TorchBackend:
         return codes[best], float(probs[best])
 
     @torch.no_grad()
-    def transcribe_chunks(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
-        """Every chunk to the end: where the model stops early after a closed segment, the
-        rest of that chunk is decoded as a new window (openai's seek), so no speech is lost."""
-        if options.word_timestamps:
-            # Refused rather than silently answered without words: nothing may be dropped quietly.
-            raise ContractError(ErrorCode.BAD_OPTION,
-                                "word_timestamps is not available with the torch backend yet; "
-                                "use the faster-whisper backend")
-        results: list[list[Segment]] = [[] for _ in chunks]
-        todo = [(i, 0.0, np.asarray(c, dtype=np.float32)[:CHUNK_SAMPLES]) for i, c in enumerate(chunks)]
-        for _ in range(MAX_WINDOWS_PER_CHUNK):
-            if not todo:
-                break
-            windows = self._windows([w for _, _, w in todo], options)
-            nxt = []
-            for (i, offset, audio), (segments, resume) in zip(todo, windows):
-                base = len(results[i])
-                results[i].extend([s.shifted(offset, base + j) for j, s in enumerate(segments)])
-                if resume is not None and resume > 0 and len(audio) / 16_000 - resume > MIN_TAIL_S:
-                    nxt.append((i, round(offset + resume, 3), audio[int(resume * 16_000) :]))
-            todo = nxt
-        return results
-
-    def _windows(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[tuple[list[Segment], float | None]]:
-        if self.continuous:
-            return self._transcribe_stream(chunks, options)
-        out: list[tuple[list[Segment], float | None]] = []
-        for i in range(0, len(chunks), self.max_batch):
-            out.extend(self._transcribe_batch(chunks[i : i + self.max_batch], options))
-        return out
-
-    # ----------------------------------------------------------------- internals
-
-    def prompt(self, options: DecodeOptions) -> tuple[list[int], int]:
-        """Prompt tokens and the index of <|startoftranscript|> in them."""
-        sp = self.sp
-        tokens: list[int] = []
-        context = " ".join(t.strip() for t in (options.hotwords, options.initial_prompt) if t and t.strip())
-        if context:
-            # openai keeps the last n_text_ctx // 2 - 1 prompt tokens.
-            tokens = [sp.sot_prev] + self.tokenizer.encode(" " + context)[-(self.model.dims.n_text_ctx // 2 - 1):]
-        sot_index = len(tokens)
-        tokens.append(sp.sot)
-        if self.multilingual:
-            if options.language not in sp.languages:
-                raise ValueError(f"language {options.language!r} is not known to this model")
-            tokens += [sp.languages[options.language], sp.translate if options.task == "translate" else sp.transcribe]
-        return tokens, sot_index
-
-    def _encode(self, chunks: Sequence[np.ndarray]) -> Tensor:
+    def encode(self, chunks: Sequence[np.ndarray]) -> Tensor:
         model = self.model
         audio = torch.zeros(len(chunks), CHUNK_SAMPLES, dtype=torch.float32)
         lengths = torch.zeros(len(chunks), dtype=torch.long)
@@ -368,57 +271,134 @@ class TorchBackend:
         mel = model.features(audio.to(model.device, non_blocking=True), lengths)
         return model.encoder(mel)
 
-    def _transcribe_batch(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[tuple[list[Segment], float | None]]:
-        enc = self._encode(chunks)
-        prompt, sot_index = self.prompt(options)
-        results: list[Decoded | None] = [None] * len(chunks)
-        todo = list(range(len(chunks)))
-        temps = options.temperatures or (0.0,)
-        for n, temperature in enumerate(temps):
-            decoded = self._decode(enc[todo], prompt, sot_index, temperature)
-            retry = []
-            for row, d in zip(todo, decoded):
-                results[row] = d
-                if _needs_fallback(d) and n + 1 < len(temps):
-                    retry.append(row)
-            todo = retry
-            if not todo:
-                break
-        return [self._segments(d, len(c) / 16_000) for d, c in zip(results, chunks)]  # type: ignore[arg-type]
+    @torch.no_grad()
+    def decode(self, encoded: Tensor, rows: Sequence[int], prompt: Prompt, temperature: float,
+               beam_size: int) -> list[Attempt]:
+        tokens = list(prompt.tokens)
+        if beam_size > 1 and temperature == 0:
+            return [a for i in range(0, len(rows), self.max_batch)
+                    for a in self._beam(encoded[list(rows[i:i + self.max_batch])], tokens, prompt.sot_index,
+                                        beam_size)]
+        if self.continuous:
+            return self._decode_stream(encoded, list(rows), tokens, prompt.sot_index, temperature)
+        return [a for i in range(0, len(rows), self.max_batch)
+                for a in self._decode(encoded[list(rows[i:i + self.max_batch])], tokens, prompt.sot_index, temperature)]
 
-    def _segments(self, d: Decoded, duration: float) -> tuple[list[Segment], float | None]:
-        """Segments of one window, and where to resume decoding (openai's seek) when the
-        model closed a segment and stopped before the window's end, else None."""
-        if d.no_speech_prob > NO_SPEECH_THRESHOLD and d.avg_logprob < LOGPROB_THRESHOLD:
-            return [], None  # openai's silence skip
-        tb = self.sp.timestamp_begin
-        toks = d.tokens
-        is_ts = [t >= tb for t in toks]
-        cuts = [i for i in range(1, len(toks)) if is_ts[i] and is_ts[i - 1]]
-        pieces: list[tuple[float, float, list[int]]] = []
-        resume = None
-        if cuts:
-            if len(toks) >= 2 and not is_ts[-2] and is_ts[-1]:
-                cuts.append(len(toks))  # ends on a closed segment: the window is done
-            else:  # whatever follows the last closed segment is decoded again from there
-                resume = (toks[cuts[-1] - 1] - tb) * TIME_PRECISION
-            last = 0
-            for cut in cuts:
-                part = toks[last:cut]
-                pieces.append(((part[0] - tb) * TIME_PRECISION, (part[-1] - tb) * TIME_PRECISION, part))
-                last = cut
-        else:
-            stamps = [t for t in toks if t >= tb]
-            end = (stamps[-1] - tb) * TIME_PRECISION if stamps and stamps[-1] != tb else duration
-            pieces.append((0.0, end, toks))
-        segments = []
-        for start, end, part in pieces:
-            text = self.tokenizer.decode([t for t in part if t < self.sp.eot])
-            if not text.strip():
-                continue
-            segments.append(Segment(id=len(segments), start=round(start, 3), end=round(max(end, start), 3),
-                                    text=text, avg_logprob=d.avg_logprob, no_speech_prob=d.no_speech_prob))
-        return segments, resume
+    @torch.no_grad()
+    def align(self, encoded: Tensor, rows: Sequence[int], sot_sequence: Sequence[int],
+              tokens: Sequence[Sequence[int]], durations: Sequence[float]) -> list[Alignment]:
+        """openai timing.py ``find_alignment``: the alignment heads' cross-attention over
+        ``sot <|notimestamps|> text eot``, softmax over the frames of the audio, normalised
+        per frame, median-filtered, averaged over heads, then DTW."""
+        sp = self.sp
+        out = []
+        for row, text, duration in zip(rows, tokens, durations):
+            seq = [*sot_sequence, sp.no_timestamps, *text, sp.eot]
+            logits, qks = self.model.decoder.attention_logits(torch.tensor([seq], device=encoded.device),
+                                                              encoded[row:row + 1])
+            n = len(sot_sequence)
+            probs = logits[n:n + len(text), :sp.eot].float().softmax(-1)
+            token_probs = probs[torch.arange(len(text)), torch.tensor(text)].tolist()
+            frames = alignment_frames(duration) // 2
+            weights = torch.stack([qks[layer][head] for layer, head in self.heads])[:, :, :frames].float()
+            weights = weights.softmax(-1)
+            std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
+            weights = _median_filter((weights - mean) / std, MEDIAN_FILTER_WIDTH)
+            matrix = weights.mean(0)[n:-1]
+            text_idx, time_idx = dtw(-matrix.double().cpu().numpy())
+            out.append(Alignment(text_idx, time_idx, token_probs))
+        return out
+
+    # ----------------------------------------------------------------- internals
+
+    def _beam(self, enc: Tensor, prompt: list[int], sot_index: int, k: int) -> list[Attempt]:
+        """Beam search of width ``k`` for each row of ``enc`` (openai decoding.py
+        BeamSearchDecoder, patience 1: a row stops once ``k`` sequences have ended; the best
+        by sum log-probability / length wins, MaximumLikelihoodRanker without length penalty).
+        Eager, no CUDA graph: the cache is reordered every step."""
+        n, dec, sp, dev = enc.shape[0], self.model.decoder, self.sp, enc.device
+        b = n * k
+        state = dec.new_state(b, cross_int8=self.cross_int8)
+        dec.set_cross(state, enc.repeat_interleave(k, 0))
+        prompt_t = torch.tensor([prompt], device=dev).expand(b, -1)
+        zero = torch.zeros(1, dtype=torch.long, device=dev)
+        first = dec(prompt_t[:, : sot_index + 1], zero, state)
+        no_speech = first.softmax(-1)[::k, sp.no_speech].tolist()
+        logits = first if sot_index + 1 == len(prompt) else dec(prompt_t[:, sot_index + 1 :], zero + sot_index + 1, state)
+        pos = len(prompt)
+        max_new = min(self.model.dims.n_text_ctx // 2, self.model.dims.n_text_ctx - pos)
+        seqs: list[tuple[int, ...]] = [()] * b
+        sums = [0.0] * b
+        done: list[dict[tuple[int, ...], float]] = [{} for _ in range(n)]
+        last_ts = torch.ones(b, dtype=torch.bool, device=dev)
+        penult_ts = torch.ones(b, dtype=torch.bool, device=dev)
+        max_stamp = torch.full((b,), -1, dtype=torch.long, device=dev)
+        for step in range(max_new):
+            logits = self._rules(logits.float().clone(), torch.full_like(last_ts, step == 0), last_ts, penult_ts,
+                                 max_stamp)
+            _, logprobs = _pick(logits, sp.timestamp_begin, 0.0)
+            top_lp, top_tok = (t.tolist() for t in logprobs.topk(k + 1, -1))
+            sources, tokens = [], []
+            for i in range(n):
+                cands: dict[tuple[int, ...], tuple[float, int, int]] = {}
+                for r in range(i * k, i * k + (1 if step == 0 else k)):  # at first all beams are one
+                    for lp, tok in zip(top_lp[r], top_tok[r]):
+                        if lp > float("-inf"):
+                            cands.setdefault(seqs[r] + (tok,), (sums[r] + lp, r, tok))
+                kept = []
+                for seq, (score, r, tok) in sorted(cands.items(), key=lambda kv: -kv[1][0]):
+                    if tok == sp.eot:
+                        if len(done[i]) < k:
+                            done[i][seq[:-1]] = score
+                    else:
+                        kept.append((seq, score, r, tok))
+                    if len(kept) == k:
+                        break
+                while len(kept) < k:  # too few live candidates: repeat the best (its result is dropped)
+                    kept.append(kept[0] if kept else (seqs[i * k], sums[i * k], i * k, sp.eot))
+                for j, (seq, score, r, tok) in enumerate(kept):
+                    seqs[i * k + j], sums[i * k + j] = seq, score
+                    sources.append(r)
+                    tokens.append(tok)
+            if all(len(d) >= k for d in done) or step + 1 == max_new:
+                break
+            src = torch.tensor(sources, device=dev)
+            for cache in (state.self_k, state.self_v):
+                cache.copy_(cache.index_select(1, src))
+            tok_t = torch.tensor(tokens, device=dev)
+            stamp = tok_t >= sp.timestamp_begin
+            last_ts, penult_ts = stamp, last_ts[src]
+            max_stamp = torch.where(stamp, tok_t, max_stamp[src])
+            logits = dec(tok_t[:, None], zero + pos + step, state)
+        results = []
+        for i in range(n):
+            finished = done[i] or {seqs[r]: sums[r] for r in range(i * k, (i + 1) * k)}
+            seq = max(finished, key=lambda s: finished[s] / max(len(s), 1))
+            results.append(Attempt(seq, finished[seq], no_speech[i]))
+        return results
+
+    def _rules(self, logits: Tensor, first: Tensor, last_ts: Tensor, penult_ts: Tensor, max_stamp: Tensor) -> Tensor:
+        """Whisper's logit rules (openai decoding.py SuppressTokens, SuppressBlank,
+        ApplyTimestampRules), per row, in place. ``first``: rows at their first sampled token;
+        ``max_stamp``: each row's last timestamp token, -1 for none."""
+        sp, neg_inf = self.sp, float("-inf")
+        ids = torch.arange(logits.shape[-1], device=logits.device)[None, :]
+        is_text, is_stamp = ids < sp.eot, ids >= sp.timestamp_begin
+        logits[:, self._suppress] = neg_inf
+        logits[:, sp.no_timestamps] = neg_inf
+        # The first token is a timestamp of at most MAX_INITIAL_TIMESTAMP.
+        late = ids > sp.timestamp_begin + round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION)
+        logits.masked_fill_(first[:, None] & (~is_stamp | late), neg_inf)
+        later = ~first
+        # Timestamps come in pairs: after a pair only text (or eot); after a lone timestamp
+        # only another timestamp or eot.
+        logits.masked_fill_((later & last_ts & penult_ts)[:, None] & is_stamp, neg_inf)
+        logits.masked_fill_((later & last_ts & ~penult_ts)[:, None] & is_text, neg_inf)
+        # Timestamps never go backwards (and a closed pair's end cannot start the next).
+        floor = torch.where(last_ts & ~penult_ts, max_stamp, max_stamp + 1)
+        floor = torch.where((max_stamp >= 0) & later, floor, torch.zeros_like(floor))
+        logits.masked_fill_(is_stamp & (ids < floor[:, None]), neg_inf)
+        return logits
 
     def _runner(self, batch: int, per_row: bool = False) -> StepRunner:
         if (batch, per_row) not in self._runners:
@@ -427,28 +407,10 @@ class TorchBackend:
             self._runners[(batch, per_row)] = StepRunner(self.model.decoder, state, self.use_graphs, per_row)
         return self._runners[(batch, per_row)]
 
-    # ----------------------------------------------------------------- continuous batching
-
-    def _transcribe_stream(self, chunks: list[np.ndarray], options: DecodeOptions) -> list[tuple[list[Segment], float | None]]:
-        prompt, sot_index = self.prompt(options)
-        results: dict[int, Decoded] = {}
-        todo = list(range(len(chunks)))
-        temps = options.temperatures or (0.0,)
-        for n, temperature in enumerate(temps):
-            decoded = self._decode_stream(chunks, todo, prompt, sot_index, temperature)
-            retry = []
-            for i in todo:
-                d = results[i] = decoded[i]
-                if _needs_fallback(d) and n + 1 < len(temps):
-                    retry.append(i)
-            todo = retry
-            if not todo:
-                break
-        return [self._segments(results[i], len(c) / 16_000) for i, c in enumerate(chunks)]
-
-    def _decode_stream(self, chunks: list[np.ndarray], ids_todo: list[int], prompt: list[int], sot_index: int,
-                       temperature: float) -> dict[int, Decoded]:
-        """Decode chunks ``ids_todo`` with a fixed set of rows that are refilled as they finish."""
+    def _decode_stream(self, encoded: Tensor, ids_todo: list[int], prompt: list[int], sot_index: int,
+                       temperature: float) -> list[Attempt]:
+        """Decode rows ``ids_todo`` of ``encoded`` with a fixed set of decoder rows that are
+        refilled as they finish (continuous batching)."""
         from collections import deque
 
         dec, sp, dims = self.model.decoder, self.sp, self.model.dims
@@ -458,16 +420,10 @@ class TorchBackend:
         runner = self._runner(b, per_row=True)
         state = runner.state
         vocab, tb = dims.n_vocab, sp.timestamp_begin
-        ids = torch.arange(vocab, device=dev)
-        is_text, is_stamp = ids[None, :] < sp.eot, ids[None, :] >= tb
-        is_blank = torch.zeros(vocab, dtype=torch.bool, device=dev)
-        is_blank[self._blank] = True
-        late_stamp = ids[None, :] > tb + round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION)
         prompt_t = torch.tensor([prompt], device=dev)
         zero = torch.zeros(1, dtype=torch.long, device=dev)
         plen = len(prompt)
         max_new = min(dims.n_text_ctx // 2, dims.n_text_ctx - plen)
-        neg_inf = float("-inf")
         out = torch.full((b, max_new), sp.eot, dtype=torch.long, device=dev)
         logits = torch.zeros(b, vocab, device=dev)
         row_step = torch.zeros(b, dtype=torch.long, device=dev)
@@ -480,11 +436,11 @@ class TorchBackend:
         max_stamp = torch.full((b,), -1, dtype=torch.long, device=dev)
         pending = deque(ids_todo)
         row_chunk = [-1] * b
-        results: dict[int, Decoded] = {}
+        results: dict[int, Attempt] = {}
 
         def admit(rows: list[int]) -> None:
             cids = [pending.popleft() for _ in rows]
-            enc = self._encode([chunks[c] for c in cids])
+            enc = encoded[cids]
             for j, (row, cid) in enumerate(zip(rows, cids)):
                 r = slice(row, row + 1)
                 view = DecodeState(state.self_k[:, r], state.self_v[:, r], state.cross_k[:, r], state.cross_v[:, r],
@@ -516,8 +472,7 @@ class TorchBackend:
             for row, toks, n_steps, lp, ns in zip(done, toks_all, steps, lps, nss):
                 toks = toks[:n_steps]
                 toks = toks[: toks.index(sp.eot)] if sp.eot in toks else toks
-                text = self.tokenizer.decode([t for t in toks if t < sp.eot])
-                results[row_chunk[row]] = Decoded(toks, lp / (len(toks) + 1), ns, compression_ratio(text), temperature)
+                results[row_chunk[row]] = Attempt(tuple(toks), lp, ns)
                 row_chunk[row] = -1
             refill = done[: len(pending)]
             if refill:
@@ -526,17 +481,7 @@ class TorchBackend:
         admit(list(range(n_rows)))
         step = 0
         while True:
-            first = (row_step == 0)[:, None]
-            logits = logits.float().clone()
-            logits[:, self._suppress] = neg_inf
-            logits[:, sp.no_timestamps] = neg_inf
-            logits.masked_fill_(first & (is_blank[None, :] | is_text | late_stamp), neg_inf)
-            later = ~first[:, 0]
-            logits.masked_fill_((later & last_ts & penult_ts)[:, None] & is_stamp, neg_inf)
-            logits.masked_fill_((later & last_ts & ~penult_ts)[:, None] & is_text, neg_inf)
-            floor = torch.where(last_ts & ~penult_ts, max_stamp, max_stamp + 1)
-            floor = torch.where((max_stamp >= 0) & later, floor, torch.zeros_like(floor))
-            logits.masked_fill_(is_stamp & (ids[None, :] < floor[:, None]), neg_inf)
+            logits = self._rules(logits.float().clone(), row_step == 0, last_ts, penult_ts, max_stamp)
             token, logprobs = _pick(logits, tb, temperature)
             active = ~finished
             token = torch.where(active, token, torch.full_like(token, sp.eot))
@@ -555,9 +500,9 @@ class TorchBackend:
                 harvest()
                 if not pending and all(c < 0 for c in row_chunk):
                     break
-        return results
+        return [results[i] for i in ids_todo]
 
-    def _decode(self, enc: Tensor, prompt: list[int], sot_index: int, temperature: float) -> list[Decoded]:
+    def _decode(self, enc: Tensor, prompt: list[int], sot_index: int, temperature: float) -> list[Attempt]:
         """Lockstep greedy/sampled decoding of ``enc`` rows with Whisper's logit rules."""
         n = enc.shape[0]
         b = bucket(n) if self.use_graphs else n
@@ -567,8 +512,6 @@ class TorchBackend:
             enc = torch.cat([enc, enc[-1:].expand(b - n, -1, -1)])
         dec.set_cross(state, enc)
         sp = self.sp
-        vocab = self.model.dims.n_vocab
-        ids = torch.arange(vocab, device=dev)
         tb = sp.timestamp_begin
         prompt_t = torch.tensor([prompt], device=dev).expand(b, -1)
         zero = torch.zeros(1, dtype=torch.long, device=dev)
@@ -585,26 +528,9 @@ class TorchBackend:
         last_ts = torch.ones(b, dtype=torch.bool, device=dev)
         penult_ts = torch.ones(b, dtype=torch.bool, device=dev)
         max_stamp = torch.full((b,), -1, dtype=torch.long, device=dev)  # last timestamp token, -1: none
-        neg_inf = float("-inf")
         for step in range(max_new):
-            logits = logits.float().clone()
-            logits[:, self._suppress] = neg_inf
-            logits[:, sp.no_timestamps] = neg_inf
-            if step == 0:
-                logits[:, self._blank] = neg_inf
-                logits[:, :tb] = neg_inf  # the first token is a timestamp ...
-                logits[:, tb + round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION) + 1 :] = neg_inf  # ... <= 1 s
-            else:
-                is_text = ids[None, :] < sp.eot
-                is_stamp = ids[None, :] >= tb
-                # Timestamps come in pairs: after a pair only text (or eot); after a lone
-                # timestamp only another timestamp or eot.
-                logits.masked_fill_((last_ts & penult_ts)[:, None] & is_stamp, neg_inf)
-                logits.masked_fill_((last_ts & ~penult_ts)[:, None] & is_text, neg_inf)
-                # Timestamps never go backwards (and a closed pair's end cannot start the next).
-                floor = torch.where(last_ts & ~penult_ts, max_stamp, max_stamp + 1)
-                floor = torch.where(max_stamp >= 0, floor, torch.zeros_like(floor))
-                logits.masked_fill_(is_stamp & (ids[None, :] < floor[:, None]), neg_inf)
+            logits = self._rules(logits.float().clone(), torch.full_like(finished, step == 0), last_ts, penult_ts,
+                                 max_stamp)
             token, logprobs = _pick(logits, tb, temperature)
             token = torch.where(finished, torch.full_like(token, sp.eot), token)
             sum_lp += torch.where(finished, torch.zeros_like(sum_lp), logprobs.gather(1, token[:, None])[:, 0])
@@ -624,6 +550,14 @@ class TorchBackend:
         results = []
         for toks, lp, ns in zip(rows, lps, nsp):
             toks = toks[: toks.index(sp.eot)] if sp.eot in toks else toks
-            text = self.tokenizer.decode([t for t in toks if t < sp.eot])
-            results.append(Decoded(toks, lp / (len(toks) + 1), ns, compression_ratio(text), temperature))
+            results.append(Attempt(tuple(toks), lp, ns))
         return results
+
+
+def _median_filter(x: Tensor, width: int) -> Tensor:
+    """openai timing.py ``median_filter`` over the last dimension (reflect-padded)."""
+    pad = width // 2
+    if x.shape[-1] <= pad:
+        return x
+    padded = torch.nn.functional.pad(x, (pad, pad, 0, 0), mode="reflect")
+    return padded.unfold(-1, width, 1).sort()[0][..., pad]

@@ -319,6 +319,27 @@ class Decoder(nn.Module):
         return (x @ self.token_embedding.weight.T).float()
 
 
+    @torch.no_grad()
+    def attention_logits(self, tokens: Tensor, enc: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """One pass over the whole sequence ``tokens`` [1, T] (no cache): logits at every
+        position [T, V], and each layer's cross-attention logits q·kᵀ/√dh [H, T, audio_ctx],
+        which openai timing.py reads from the alignment heads."""
+        t = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:t]
+        qks = []
+        for block in self.blocks:
+            q, k, v = block.attn.split(block.attn_ln(x))
+            x = x + block.attn.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            q = block.cross.q(block.cross_ln(x)).view(1, t, block.cross.heads, -1).transpose(1, 2)
+            ck, cv = block.cross.keys_values(enc)
+            qk = (q.float() @ ck.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            qks.append(qk[0])
+            o = qk.softmax(-1).to(cv.dtype) @ cv
+            x = x + block.cross.out(o.transpose(1, 2).reshape(1, t, -1))
+            x = x + block.mlp(block.mlp_ln(x))
+        return (self.ln(x[0]) @ self.token_embedding.weight.T).float(), qks
+
+
 class Whisper(nn.Module):
     def __init__(self, dims: Dims) -> None:
         super().__init__()

@@ -7,9 +7,12 @@ the ``whisper_bls`` model is ready, and sends each 30 s chunk as one request; th
 in flight together, so Triton and TensorRT-LLM's in-flight batcher batch them on the GPU.
 
 Everything else (decoding audio, VAD, chunking long audio, global timestamps, formats,
-errors) stays in the shared server. The engines return text with Whisper's timestamp tokens;
-segments are cut at those. Not available here: word timestamps (the engines expose no
-cross-attention weights) and no-speech probability (reported as 0.0; VAD removes silence).
+errors) stays in the shared server, and the decoding policy is ``whisper_server.decoding``:
+this backend's ``decode`` sends a window with the prompt and temperature and turns the text
+the engines return (with Whisper's timestamp tokens) back into token ids with the artifact's
+tokenizer. Declared in ``capabilities``: beams up to the engines' ``max_beam``, a prompt of
+what ``max_input_len`` leaves after the start sequence, no word timestamps (the engines expose
+no cross-attention weights) and no no-speech probability (reported as 0.0; VAD removes silence).
 """
 
 from __future__ import annotations
@@ -27,16 +30,16 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from whisper_contract import ContractError, ErrorCode, ModelInfo, Segment
+from whisper_contract import ContractError, ErrorCode, ModelInfo
 from whisper_contract.engine_spec import MANIFEST_NAME, EngineManifest
-from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, DecodeOptions
+from whisper_server.backends.base import CHUNK_SAMPLES, Attempt, BackendBase, Capabilities, Prompt
+from whisper_server.decoding import TIME_PRECISION, WhisperTokenizer
 
 # Environment (in addition to whisper_contract.env): where tritonserver is, and its limits.
 TRITONSERVER = "WHISPER_TRITONSERVER"  # default: `tritonserver` on PATH (NVIDIA's Triton image)
@@ -45,9 +48,7 @@ TRITON_STARTUP_S = "WHISPER_TRITON_STARTUP_S"
 TRITON_CHUNK_TIMEOUT_S = "WHISPER_TRITON_CHUNK_TIMEOUT_S"
 
 MODEL = "whisper_bls"
-# openai/whisper transcribe() defaults for the temperature fallback.
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOGPROB_THRESHOLD = -1.0
+START_SEQUENCE_TOKENS = 3  # <|startoftranscript|><|lang|><|task|>
 _SPECIAL = re.compile(r"<\|([^|<>]*)\|>")
 _LOG_LINES = 60
 
@@ -89,46 +90,23 @@ def text_prefix(language: str | None, task: str, previous_text: str | None = Non
     return prefix
 
 
-def parse_segments(text: str, duration: float, avg_logprob: float) -> list[Segment]:
-    """Cut ``<|0.00|> Hello.<|1.50|><|1.50|> Next<|3.00|>`` into chunk-relative segments."""
-    segments: list[Segment] = []
-    start: float | None = None
-    last_end = 0.0
-    buffer = ""
-
-    def emit(end: float) -> None:
-        nonlocal buffer, last_end
-        words = buffer.strip()
-        if words:
-            seg_start = min(max(start if start is not None else last_end, 0.0), duration)
-            seg_end = min(max(end, seg_start), duration)
-            segments.append(Segment(id=len(segments), start=round(seg_start, 3), end=round(seg_end, 3),
-                                    text=" " + words, avg_logprob=avg_logprob, no_speech_prob=0.0))
-            last_end = seg_end
-        buffer = ""
-
+def text_to_tokens(tokenizer: WhisperTokenizer, text: str) -> tuple[int, ...]:
+    """``<|0.00|> Hello.<|1.50|>`` as token ids: timestamps from their times, text runs through
+    the tokenizer, other special tokens (language, task) dropped."""
+    tokens: list[int] = []
     pos = 0
     for match in _SPECIAL.finditer(text):
-        buffer += text[pos:match.start()]
+        if match.start() > pos:
+            tokens += tokenizer.encode(text[pos:match.start()])
         pos = match.end()
         try:
             stamp = float(match.group(1))
         except ValueError:
-            continue  # language, task and other special tokens carry no text
-        if buffer.strip():
-            emit(stamp)
-            start = None
-        else:
-            buffer = ""
-            start = stamp
-    buffer += text[pos:]
-    emit(duration)
-    return segments
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / max(len(zlib.compress(data)), 1)
+            continue
+        tokens.append(tokenizer.specials.timestamp_begin + round(stamp / TIME_PRECISION))
+    if pos < len(text):
+        tokens += tokenizer.encode(text[pos:])
+    return tuple(tokens)
 
 
 def _free_port() -> int:
@@ -183,9 +161,7 @@ def compatibility_problems(manifest: EngineManifest) -> list[str]:
     return problems
 
 
-class TritonBackend:
-    multilingual = True
-    word_timestamps = False  # TensorRT-LLM engines expose no cross-attention weights
+class TritonBackend(BackendBase):
 
     def __init__(self, settings: object | None = None, *, launch: TritonLaunch | None = None) -> None:
         if launch is None:
@@ -205,6 +181,12 @@ class TritonBackend:
             raise RuntimeError(f"cannot serve {model_dir}: " + "; ".join(problems)
                                + " (rebuild the engines for this endpoint: python -m whisper_engines start-build)")
         spec = self.manifest.spec
+        self.tokenizer = WhisperTokenizer(model_dir / "triton" / MODEL / "1" / "tokenizer.json")
+        self.capabilities = Capabilities(
+            multilingual=bool(self.tokenizer.specials.languages), word_timestamps=False, max_beam=spec.max_beam,
+            timestamps=True,
+            # the engine's prompt holds <|startofprev|>, the context and the start sequence
+            max_context_tokens=max(0, spec.max_input_len - START_SEQUENCE_TOKENS - 1))
         self.info = ModelInfo(
             model=launch.label or f"{spec.model_name}@{self.manifest.version}",
             backend="triton",
@@ -361,36 +343,26 @@ class TritonBackend:
             raise ContractError(ErrorCode.INTERNAL, f"language detection returned {text!r}, not a language token")
         return match.group(1), float(math.exp(logprob))
 
-    def transcribe_chunks(self, chunks: Sequence[np.ndarray], options: DecodeOptions) -> list[list[Segment]]:
-        if options.word_timestamps:
-            raise ContractError(ErrorCode.BAD_OPTION,
-                                "word_timestamps is not available with the triton backend (TensorRT-LLM "
-                                "engines expose no cross-attention); use the faster-whisper backend")
-        previous = " ".join(p for p in (options.hotwords, options.initial_prompt) if p) or None
-        prefix = text_prefix(options.language, options.task, previous)
-        beam = max(1, min(options.beam_size, self.manifest.spec.max_beam))
-        results: list[list[Segment] | None] = [None] * len(chunks)
-        todo = list(range(len(chunks)))
-        temperatures = options.temperatures or (0.0,)
-        for attempt, temperature in enumerate(temperatures):
-            last = attempt == len(temperatures) - 1
-            pending = [(i, self._submit(chunks[i], prefix, beam=beam if temperature == 0 else 1,
-                                        temperature=temperature)) for i in todo]
-            retry = []
-            for i, handle in pending:
-                text, logprob_sum, count = self._result(handle)
-                avg_logprob = logprob_sum / (count + 1)
-                plain = _SPECIAL.sub("", text)
-                failed = (compression_ratio(plain) > COMPRESSION_RATIO_THRESHOLD
-                          or avg_logprob < LOGPROB_THRESHOLD)
-                if failed and not last:
-                    retry.append(i)
-                    continue
-                results[i] = parse_segments(text, len(chunks[i]) / SAMPLE_RATE, round(avg_logprob, 4))
-            todo = retry
-            if not todo:
-                break
-        return [r if r is not None else [] for r in results]
+    def healthy(self) -> bool:
+        return self.alive()
+
+    def encode(self, chunks: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        return chunks  # the engines encode each request themselves
+
+    def decode(self, encoded: Sequence[np.ndarray], rows: Sequence[int], prompt: Prompt, temperature: float,
+               beam_size: int) -> list[Attempt]:
+        prefix = text_prefix(prompt.language if self.multilingual else None, prompt.task, prompt.context or None)
+        # all rows in flight together, so Triton batches them
+        pending = [self._submit(encoded[row], prefix, beam=beam_size, temperature=temperature) for row in rows]
+        out = []
+        for handle in pending:
+            text, logprob_sum, count = self._result(handle)
+            out.append(Attempt(text_to_tokens(self.tokenizer, text), logprob_sum, 0.0, length=count))
+        return out
+
+    def align(self, encoded: Sequence[np.ndarray], rows: Sequence[int], sot_sequence: Sequence[int],
+              tokens: Sequence[Sequence[int]], durations: Sequence[float]) -> list:
+        raise NotImplementedError("TensorRT-LLM engines expose no cross-attention (capabilities.word_timestamps)")
 
 
 class _Pending:
