@@ -94,13 +94,13 @@ def test_long_silence_is_not_carried_forever(monkeypatch):
     monkeypatch.setattr(pipeline, "WINDOW_SAMPLES", 10 * SAMPLE_RATE)
     blocks = (np.zeros(SAMPLE_RATE * 5, dtype=np.float32) for _ in range(60))  # 5 minutes
     seen = []
-    real = pipeline.get_speech_timestamps
+    real = pipeline.speech_timestamps
 
-    def spy(audio, options):
+    def spy(audio, device=None):
         seen.append(len(audio))
-        return real(audio, options)
+        return real(audio, device)
 
-    monkeypatch.setattr(pipeline, "get_speech_timestamps", spy)
+    monkeypatch.setattr(pipeline, "speech_timestamps", spy)
     assert list(pipeline.vad_chunks(blocks)) == []
     assert max(seen) <= 16 * SAMPLE_RATE
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
-from whisper_server import audio
+from whisper_server import audio, vad
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
 from whisper_server.decoding import is_silence
 from whisper_server.settings import Settings
@@ -34,7 +33,7 @@ WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
 # A speech region followed by this much silence at the window's end is complete.
 SETTLED_SILENCE_SAMPLES = SAMPLE_RATE
 # faster-whisper's batched pipeline settings: short pauses split, regions stay <= 30 s.
-VAD_OPTIONS = VadOptions(max_speech_duration_s=CHUNK_SAMPLES / SAMPLE_RATE, min_silence_duration_ms=160)
+VAD_PARAMS = vad.VadParams(max_speech_s=CHUNK_SAMPLES / SAMPLE_RATE, min_silence_ms=160)
 # A segment is split where at least this much silence was cut out of its chunk.
 SPLIT_GAP_S = 1.0
 FIXED_PIECE_SAMPLES = 5 * SAMPLE_RATE
@@ -179,7 +178,18 @@ def validate(options: RequestOptions, backend: Backend) -> None:
                                 f"model {backend.info.model!r} is English-only: it cannot translate")
 
 
-def vad_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
+def speech_timestamps(buffer: np.ndarray, device: str | None = None) -> list[dict[str, int]]:
+    """Speech regions of ``buffer`` as {"start", "end"} sample indices."""
+    probs = vad.model(device).probabilities(buffer)
+    return [{"start": a, "end": b} for a, b in vad.speech_regions(probs, len(buffer), VAD_PARAMS)]
+
+
+def vad_device(backend: Backend) -> str | None:
+    """The VAD runs on the torch backend's GPU (images with torch); elsewhere in NumPy."""
+    return backend.info.device if backend.info.backend == "torch" and backend.info.device != "cpu" else None
+
+
+def vad_chunks(blocks: Iterator[np.ndarray], device: str | None = None) -> Iterator[Chunk]:
     """Chunks of speech (<= 30 s each, cut at silences) from a stream of 16 kHz blocks."""
     buffer = np.zeros(0, dtype=np.float32)
     offset = 0  # global index of buffer[0]
@@ -195,7 +205,7 @@ def vad_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
                 continue
         if not len(buffer):
             break
-        regions = get_speech_timestamps(buffer, VAD_OPTIONS)
+        regions = speech_timestamps(buffer, device)
         if done:
             cut = len(buffer)
         elif not regions:
@@ -261,7 +271,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                             f"{settings.max_audio_s:.0f} s are allowed")
     budget = _Budget(settings, deadline, cancel)
     blocks = budget.count(audio.iter_blocks(path))
-    chunks = vad_chunks(blocks) if options.vad else fixed_chunks(blocks)
+    chunks = vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks)
 
     language, language_probability = options.language, 1.0
     decode: DecodeOptions | None = None
