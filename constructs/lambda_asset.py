@@ -1,10 +1,17 @@
-"""Lambda code assets: the handler module plus a copy of ``whisper_contract``, staged at synth.
+"""Lambda code assets: the handler module plus copies of the packages it declares, staged at synth.
 
 No Docker bundling: the handlers import only the standard library, boto3 (in the Lambda
-runtime) and ``whisper_contract`` (standard library only), so a plain directory is the whole
-package. Each synth stages into its own fresh directory under ``build/lambda/`` (removed when
-the process exits), so a stale copy can never be deployed, two synths never race on one
-folder, and the asset hash depends only on the sources (CDK copies the folder into cdk.out).
+runtime), ``whisper_lambdas.common`` (the code both Lambdas share) and ``whisper_contract``
+(standard library only), so a plain directory is the whole package:
+
+    handler.py                    lambda/<name>/handler.py (Lambda's handler: handler.handler)
+    whisper_lambdas/__init__.py   lambda/__init__.py
+    whisper_lambdas/common/       lambda/common/*.py
+    whisper_contract/             whisper_contract/*.py
+
+Each synth stages into its own fresh directory under ``build/lambda/`` (removed when the
+process exits), so a stale copy can never be deployed, two synths never race on one folder,
+and the asset hash depends only on the sources (CDK copies the folder into cdk.out).
 """
 
 from __future__ import annotations
@@ -19,6 +26,13 @@ CONTRACT_DIR = REPO_ROOT / "whisper_contract"
 LAMBDA_SRC = REPO_ROOT / "lambda"
 STAGING_ROOT = REPO_ROOT / "build" / "lambda"
 HANDLER_MODULE = "handler.py"
+# Import name -> source folder of every package an asset carries besides its handler; the
+# import names are those of pyproject's package-dir mapping.
+ASSET_PACKAGES: dict[str, Path] = {
+    "whisper_contract": CONTRACT_DIR,
+    "whisper_lambdas": LAMBDA_SRC,  # only its __init__.py: the handlers are top-level modules
+    "whisper_lambdas.common": LAMBDA_SRC / "common",
+}
 
 
 def handler_source(name: str) -> Path:
@@ -26,7 +40,8 @@ def handler_source(name: str) -> Path:
 
 
 def stage_lambda_asset(name: str, staging_root: Path = STAGING_ROOT) -> Path:
-    """Copy ``lambda/<name>/handler.py`` and ``whisper_contract/*.py`` into a fresh directory.
+    """Copy ``lambda/<name>/handler.py`` and the ``*.py`` of each of ``ASSET_PACKAGES`` (not
+    their sub-folders) into a fresh directory.
 
     Copies only what exists: a missing handler is reported by the caller (a synth warning),
     never papered over with a placeholder.
@@ -35,10 +50,13 @@ def stage_lambda_asset(name: str, staging_root: Path = STAGING_ROOT) -> Path:
     parent = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging_root))
     atexit.register(shutil.rmtree, parent, True)
     out = parent / name
-    (out / "whisper_contract").mkdir(parents=True)
+    out.mkdir()
     src = handler_source(name)
     if src.is_file():
         shutil.copyfile(src, out / HANDLER_MODULE)
-    for module in sorted(CONTRACT_DIR.glob("*.py")):
-        shutil.copyfile(module, out / "whisper_contract" / module.name)
+    for import_name, folder in ASSET_PACKAGES.items():
+        target = out.joinpath(*import_name.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for module in sorted(folder.glob("*.py")):
+            shutil.copyfile(module, target / module.name)
     return out

@@ -22,8 +22,8 @@ import boto3
 from botocore.exceptions import ClientError
 
 from whisper_contract import RequestOptions
-from whisper_contract.jobs import FINAL_STATES, JobRecord
-from whisper_contract.keys import ERROR_SUFFIX, inference_id, is_audio_key, job_key, plain_etag
+from whisper_contract.jobs import FINAL_STATES, JobRecord, KeyIndex
+from whisper_contract.keys import ERROR_SUFFIX, inference_id, is_audio_key, job_key, key_index_key, plain_etag
 
 LOCAL = "local"
 # CloudFormation output keys the CDK stacks publish (stacks/storage.py, the endpoint stack).
@@ -224,13 +224,19 @@ def for_keys(target: Target, keys: list[str]) -> list[Submission]:
 
 # --- following and fetching ------------------------------------------------------------
 def job(target: Target, submission: Submission) -> JobRecord | None:
-    try:
-        body = target.s3.get_object(Bucket=target.output_bucket, Key=job_key(submission.inference_id))["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    return JobRecord.from_json(body)
+    """The job of the key's latest upload. Job ids depend on the S3 event (version id or
+    sequencer), so the key index says which one that is."""
+    def read(key: str) -> bytes | None:
+        try:
+            return target.s3.get_object(Bucket=target.output_bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    index = read(key_index_key(submission.key))
+    body = read(job_key(KeyIndex.from_json(index).latest_job)) if index is not None else None
+    return JobRecord.from_json(body) if body is not None else None
 
 
 def wait(target: Target, submissions: list[Submission], *, timeout_s: float = 3600, poll_s: float = 1.0,

@@ -45,6 +45,10 @@ class JobRecord:
     completed_at: str | None = None
     result_keys: tuple[str, ...] = ()  # output-bucket keys written for this job
     message: str | None = None  # why the job ended where it did (failure reason, supersession)
+    revision: str | None = None  # keys.revision(): which upload of the key (version or sequencer)
+    order: str | None = None  # keys.event_order(): sorts this upload among the key's uploads
+    last_modified: str | None = None  # the object's LastModified as HeadObject gave it (ISO 8601)
+    output_base: str | None = None  # keys.output_base(input_key): where its results are named
     schema_version: str = JOB_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -55,7 +59,7 @@ class JobRecord:
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
-    def advance(self, state: str, **changes: Any) -> "JobRecord":
+    def advance(self, state: str, **changes: Any) -> JobRecord:
         return replace(self, state=state, **changes)
 
     def to_json(self) -> str:
@@ -64,9 +68,48 @@ class JobRecord:
         return json.dumps(data, ensure_ascii=False, indent=2)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "JobRecord":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}  # newer writers may add fields
+    def from_json(cls, text: str | bytes) -> JobRecord:
+        kwargs = _known_fields(cls, text)
         kwargs["result_keys"] = tuple(kwargs.get("result_keys") or ())
         return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class KeyIndex:
+    """``keys.key_index_key(input_key)``: the latest upload of one input key and its results.
+
+    The trigger sets ``latest_job`` (only ever forward, by ``order``); the job that writes
+    results sets ``published_job`` and ``result_keys``. A job that is not ``latest_job`` when
+    it finishes is superseded and writes nothing, so the output prefix of a key only ever holds
+    the files of its latest upload. Users and the CLI find a key's results here, including
+    the shortened name of a long key (``output_base``).
+    """
+
+    input_bucket: str
+    input_key: str
+    output_base: str
+    latest_job: str
+    latest_order: str | None = None
+    published_job: str | None = None
+    result_keys: tuple[str, ...] = ()
+    updated_at: str | None = None
+    schema_version: str = JOB_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["result_keys"] = list(self.result_keys)
+        return json.dumps(data, ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> KeyIndex:
+        kwargs = _known_fields(cls, text)
+        kwargs["result_keys"] = tuple(kwargs.get("result_keys") or ())
+        return cls(**kwargs)
+
+
+def _known_fields(cls: type, text: str | bytes) -> dict[str, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} JSON must be an object")
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in known}  # newer writers may add fields

@@ -1,8 +1,10 @@
 """S3 key conventions shared by the trigger Lambda, the completion Lambda and the CLI.
 
-The transcript of ``s3://<input>/<key>`` lands in the output bucket at ``<key>.<fmt>``
-(e.g. ``calls/a.mp3.json``); a failure lands at ``<key>.error.json``. Job records that map
-an async inference id back to its input live under ``JOBS_PREFIX`` in the output bucket.
+The transcript of ``s3://<input>/<key>`` lands in the output bucket at ``<base>.<fmt>``
+(e.g. ``calls/a.mp3.json``); a failure lands at ``<base>.error.json``, where ``<base>`` is
+``output_base(key)``: the key itself, except for keys that would collide with the pipeline's
+own namespaces or exceed S3's key length (see there). Job records that map an async inference
+id back to its input, and the per-key index, live under ``JOBS_PREFIX`` in the output bucket.
 """
 
 from __future__ import annotations
@@ -19,29 +21,111 @@ ERROR_SUFFIX = ".error.json"
 JOBS_PREFIX = "_jobs/"
 ASYNC_OUTPUT_PREFIX = "_async/output/"
 ASYNC_FAILURE_PREFIX = "_async/failure/"
+KEY_INDEX_PREFIX = JOBS_PREFIX + "by-key/"
+INTERNAL_PREFIXES = (JOBS_PREFIX, "_async/")  # the output bucket's own namespaces
+# S3 object keys are at most 1,024 bytes of UTF-8 ("Naming Amazon S3 objects",
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
 MAX_KEY_BYTES = 1024
+FORMAT_SUFFIXES = (".json", ".txt", ".srt", ".vtt")  # one per whisper_contract.options.FORMATS
+OUTPUT_SUFFIXES = FORMAT_SUFFIXES + (ERROR_SUFFIX,)
+_LONGEST_SUFFIX = max(len(s.encode()) for s in OUTPUT_SUFFIXES)
+SHORTENED_MARK = "~"  # <start of the key>~<hash of the whole key>
+_HASH_CHARS = 32
 
 
 def is_audio_key(key: str) -> bool:
     return posixpath.splitext(key.lower())[1] in AUDIO_EXTENSIONS and not key.endswith("/")
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def output_base(input_key: str) -> str:
+    """The output-bucket name that ``input_key``'s results start with (the one rule).
+
+    1. Keys under the output bucket's own namespaces (``_jobs/``, ``_async/``, also spelt
+       with more leading underscores) get one more ``_``: ``_jobs/a.mp3`` -> ``__jobs/a.mp3``.
+       Injective, and no result starts with a single-underscore internal prefix.
+    2. If the longest output name (``<base>.error.json``) would exceed ``MAX_KEY_BYTES``, the
+       base is the key's first bytes (cut at a character boundary), ``~``, and 32 hex
+       characters of the SHA-256 of the whole key, so every output name fits. The job record
+       and the key index (``key_index_key``) record it, and this function recomputes it.
+    """
+    base = input_key
+    if input_key.lstrip("_") != input_key and ("_" + input_key.lstrip("_")).startswith(INTERNAL_PREFIXES):
+        base = "_" + input_key
+    if len(base.encode("utf-8")) + _LONGEST_SUFFIX <= MAX_KEY_BYTES:
+        return base
+    tail = SHORTENED_MARK + _sha256(input_key)[:_HASH_CHARS]
+    room = MAX_KEY_BYTES - _LONGEST_SUFFIX - len(tail)
+    head = base.encode("utf-8")[:room].decode("utf-8", errors="ignore")  # drops a cut character
+    return head + tail
+
+
 def output_keys(input_key: str, formats: tuple[str, ...] | list[str]) -> dict[str, str]:
     """Where each requested format of ``input_key``'s transcript is written."""
-    return {fmt: f"{input_key}.{fmt}" for fmt in formats}
+    base = output_base(input_key)
+    return {fmt: f"{base}.{fmt}" for fmt in formats}
 
 
 def error_key(input_key: str) -> str:
-    return input_key + ERROR_SUFFIX
+    return output_base(input_key) + ERROR_SUFFIX
 
 
-def inference_id(bucket: str, key: str, version_or_etag: str | None) -> str:
-    """Deterministic id for one version of one object, so duplicate S3 events map to one job.
+def all_output_keys(input_key: str) -> tuple[str, ...]:
+    """Every name a job for ``input_key`` may write: what is not the current job's is stale."""
+    base = output_base(input_key)
+    return tuple(base + suffix for suffix in OUTPUT_SUFFIXES)
+
+
+def revision(version_id: str | None, sequencer: str | None, etag: str | None, event_time: str | None) -> str:
+    """What tells one upload of a key from another, as an S3 event says it.
+
+    The version id where the bucket is versioned; else the event's ``sequencer``, which S3
+    gives every PUT/DELETE event and which grows for each later event on the same key ("Event
+    message structure", https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html).
+    Duplicate deliveries of one event carry the same value; a re-upload of the same bytes does
+    not. Events without either (hand-made, replayed) fall back to ETag + event time.
+    """
+    if version_id:
+        return f"v:{version_id}"
+    if sequencer:
+        return f"s:{sequencer.upper()}"
+    return f"e:{etag or ''}@{event_time or ''}"
+
+
+def event_order(sequencer: str | None, event_time: str | None) -> str | None:
+    """A string that sorts later events of one key after earlier ones, or None if unknown.
+
+    Sequencers are hex strings of varying length: S3 says to left-pad the shorter with zeros
+    and compare lexicographically (same page as ``revision``). Event times are the fallback.
+    """
+    if sequencer:
+        return "s:" + sequencer.upper().rjust(64, "0")
+    if event_time:
+        return "t:" + event_time
+    return None
+
+
+def is_older(order: str | None, than: str | None) -> bool:
+    """True only when both orders are known, of one kind, and ``order`` is strictly earlier."""
+    if order is None or than is None or order[:2] != than[:2]:
+        return False
+    return order < than
+
+
+def inference_id(bucket: str, key: str, revision_: str | None) -> str:
+    """Deterministic id for one upload of one object, so duplicate S3 events map to one job.
 
     SageMaker allows 64 characters; a SHA-256 prefix keeps it short and free of key characters.
     """
-    digest = hashlib.sha256(f"{bucket}\0{key}\0{version_or_etag or ''}".encode()).hexdigest()
-    return f"w-{digest[:40]}"
+    return f"w-{_sha256(bucket + chr(0) + key + chr(0) + (revision_ or ''))[:40]}"
+
+
+def key_index_key(input_key: str) -> str:
+    """The output-bucket record of the latest job of ``input_key`` (``jobs.KeyIndex``)."""
+    return f"{KEY_INDEX_PREFIX}{_sha256(input_key)[:40]}.json"
 
 
 def job_key(inference_id_: str) -> str:
@@ -68,5 +152,5 @@ def plain_etag(etag: str | None) -> str | None:
 
 
 def is_internal_key(key: str) -> bool:
-    """Keys the pipeline itself writes: never inputs, even in a shared bucket."""
-    return key.startswith((JOBS_PREFIX, ASYNC_OUTPUT_PREFIX, ASYNC_FAILURE_PREFIX)) or key.endswith(ERROR_SUFFIX)
+    """Keys the pipeline itself writes in the output bucket: records, raw async results, errors."""
+    return key.startswith(INTERNAL_PREFIXES) or key.endswith(ERROR_SUFFIX)

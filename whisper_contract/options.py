@@ -8,8 +8,8 @@ characters, which URL-encoding guarantees), and, spelt the same way, in S3 objec
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode
 
 from whisper_contract.errors import ContractError, ErrorCode
@@ -28,6 +28,11 @@ LANGUAGES = frozenset(
     "mg as tt haw ln ha ba jw su yue".split()
 )
 
+# Other spellings of an option. Normalised before the duplicate check, so ``formats=json`` and
+# ``format=srt`` in one request are a duplicate (bad_option), not "the last one wins".
+OPTION_ALIASES = {"format": "formats", "output": "formats"}
+OPTION_NAMES = ("language", "task", "formats", "word_timestamps", "vad", "beam_size", "initial_prompt", "hotwords")
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -39,6 +44,34 @@ def _parse_bool(key: str, value: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ContractError(ErrorCode.BAD_OPTION, f"option {key!r} must be true or false, got {value!r}")
+
+
+def option_name(raw_key: str) -> str:
+    """The canonical name of an option as spelt in a query, a header or S3 metadata."""
+    key = raw_key.strip().lower().replace("-", "_")
+    return OPTION_ALIASES.get(key, key)
+
+
+def canonical_pairs(pairs: Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Names normalised (case, ``-``/``_``, aliases); unknown or repeated names are bad_option."""
+    items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+    out: dict[str, str] = {}
+    for raw_key, value in items:
+        key = option_name(raw_key)
+        if key not in OPTION_NAMES:
+            raise ContractError(ErrorCode.BAD_OPTION,
+                                f"unknown option {raw_key!r}; known options: {', '.join(OPTION_NAMES)}")
+        if key in out:
+            raise ContractError(ErrorCode.BAD_OPTION, f"option {key!r} given twice (as {raw_key!r} and earlier)")
+        out[key] = value
+    return out
+
+
+def _parse_query(query: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=32)
+    except ValueError as exc:
+        raise ContractError(ErrorCode.BAD_OPTION, f"malformed options string: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -53,7 +86,6 @@ class RequestOptions:
     beam_size: int = 5
     initial_prompt: str | None = None
     hotwords: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.language is not None and self.language not in LANGUAGES:
@@ -80,25 +112,35 @@ class RequestOptions:
 
     # --- wire format -------------------------------------------------------------------
     @classmethod
-    def from_pairs(cls, pairs: Mapping[str, str] | list[tuple[str, str]]) -> "RequestOptions":
+    def from_pairs(cls, pairs: Mapping[str, str] | Sequence[tuple[str, str]]) -> "RequestOptions":
         """Build from string pairs (query string, custom attributes, S3 metadata).
 
         Unknown keys are an error rather than silently ignored: a typo such as ``langauge``
         would otherwise produce a transcript in the wrong language without a word of warning.
+        A name given twice, in any spelling, is an error too.
         """
-        items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+        return cls._from_canonical(canonical_pairs(pairs))
+
+    @classmethod
+    def with_defaults(cls, defaults: str | None,
+                      pairs: Mapping[str, str] | Sequence[tuple[str, str]]) -> "RequestOptions":
+        """``pairs`` over the deployment's ``defaults`` (a query string), name by name: a default
+        is not a duplicate, but a name given twice within ``pairs`` is."""
+        merged = canonical_pairs(_parse_query(defaults)) if defaults else {}
+        merged.update(canonical_pairs(pairs))
+        return cls._from_canonical(merged)
+
+    @classmethod
+    def _from_canonical(cls, pairs: Mapping[str, str]) -> "RequestOptions":
         kwargs: dict[str, object] = {}
-        for raw_key, value in items:
-            key = raw_key.strip().lower().replace("-", "_")
-            if key in kwargs:
-                raise ContractError(ErrorCode.BAD_OPTION, f"option {key!r} given twice")
+        for key, value in pairs.items():
             if key == "language":
                 lang = value.strip().lower()
                 kwargs[key] = None if lang in ("", "auto") else lang
             elif key == "task":
                 kwargs[key] = value.strip().lower()
-            elif key in ("formats", "format", "output"):
-                kwargs["formats"] = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+            elif key == "formats":
+                kwargs[key] = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
             elif key in ("word_timestamps", "vad"):
                 kwargs[key] = _parse_bool(key, value)
             elif key == "beam_size":
@@ -106,25 +148,15 @@ class RequestOptions:
                     kwargs[key] = int(value)
                 except ValueError:
                     raise ContractError(ErrorCode.BAD_OPTION, f"beam_size must be an integer, got {value!r}") from None
-            elif key in ("initial_prompt", "hotwords"):
+            else:  # initial_prompt, hotwords (canonical_pairs let nothing else through)
                 kwargs[key] = value or None
-            else:
-                raise ContractError(
-                    ErrorCode.BAD_OPTION,
-                    f"unknown option {raw_key!r}; known options: language, task, formats, "
-                    "word_timestamps, vad, beam_size, initial_prompt, hotwords",
-                )
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @classmethod
     def from_query(cls, query: str | None) -> "RequestOptions":
         if not query:
             return cls()
-        try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=32)
-        except ValueError as exc:
-            raise ContractError(ErrorCode.BAD_OPTION, f"malformed options string: {exc}") from None
-        return cls.from_pairs(pairs)
+        return cls.from_pairs(_parse_query(query))
 
     def to_query(self, explicit: Iterable[str] = ()) -> str:
         """Non-default values, so the string stays short and readable in logs, plus every
@@ -135,7 +167,7 @@ class RequestOptions:
         ``formats=json`` must travel although it is ``RequestOptions``' own default.
         An explicit ``None`` travels as an empty value, which ``from_pairs`` reads back as None.
         """
-        names = [f.name for f in dataclasses.fields(self) if f.name != "extra"]
+        names = [f.name for f in dataclasses.fields(self)]
         chosen = frozenset(explicit)
         unknown = chosen - set(names)
         if unknown:
@@ -169,6 +201,5 @@ class RequestOptions:
 
     def to_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
-        out.pop("extra")
         out["formats"] = list(self.formats)
         return out

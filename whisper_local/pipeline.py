@@ -184,7 +184,9 @@ class LocalPipeline:
         base_env = {**os.environ, **FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}
 
         # Both children start at once: the model loads while moto comes up.
-        moto = _Child("moto_server", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+        # moto with the S3 event fields AWS sends (sequencer, versionId): see moto_s3_events.
+        moto = _Child("moto_server", [sys.executable, "-m", "whisper_local.moto_s3_events", "-H", "127.0.0.1",
+                                      "-p", str(moto_port)],
                       base_env, cfg.log_dir / "moto.log")
         self.children.append(moto)
         container = _Child("container", self._container_cmd(container_port),

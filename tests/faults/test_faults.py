@@ -12,7 +12,7 @@ import json
 from urllib.parse import quote_plus
 
 from whisper_contract import ErrorRecord, Transcript
-from whisper_contract.keys import error_key, inference_id, plain_etag
+from whisper_contract.keys import error_key, key_index_key, plain_etag
 from whisper_eval.clips import clip
 from whisper_eval.wer import wer
 
@@ -43,13 +43,22 @@ def assert_transcripts_right(h, keys: list[str]) -> None:
         assert transcript.source.key == key
 
 
+def latest_job(h, key: str) -> dict:
+    index = json.loads(h.s3.get_object(Bucket=h.state.output_bucket, Key=key_index_key(key))["Body"].read())
+    return h.job(index["latest_job"])
+
+
 def s3_event(h, key: str) -> str:
+    """Another delivery of the S3 event of the key's latest upload (same sequencer)."""
     head = h.s3.head_object(Bucket=h.state.input_bucket, Key=key)
+    revision = latest_job(h, key)["revision"]
+    assert revision.startswith("s:"), revision  # moto's events carry a sequencer (moto_s3_events)
     return json.dumps({"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
         "eventTime": "2026-01-01T00:00:00.000Z", "eventName": "ObjectCreated:Put",
         "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": h.state.input_bucket},
-               "object": {"key": quote_plus(key), "size": head["ContentLength"], "eTag": plain_etag(head["ETag"])}},
+               "object": {"key": quote_plus(key), "size": head["ContentLength"], "eTag": plain_etag(head["ETag"]),
+                          "sequencer": revision[2:]}},
     }]})
 
 
@@ -117,7 +126,8 @@ def test_duplicate_and_reordered_notifications(harness) -> None:
     before = h.runtime_counts()
     h.tapped()  # drop earlier scenarios' copies
     keys = upload_short(h, "dupes")
-    for key in keys:  # two more copies of each S3 event, racing the real one
+    h.settle(keys)
+    for key in keys:  # two more copies of each S3 event (the copies need its sequencer)
         for _ in range(2):
             h.sqs.send_message(QueueUrl=h.state.ingest_queue_url, MessageBody=s3_event(h, key))
     h.settle(keys)
@@ -170,7 +180,7 @@ def test_completion_handler_crash(harness) -> None:
     # Crash after the transcripts are written but before the job record says so (the worst
     # moment), and once right at the start of reading the output.
     h.s3faults.add(
-        h.rule("complete", "PutObject", lambda p: p["Key"].startswith("_jobs/"), "crash"),
+        h.rule("complete", "PutObject", lambda p: p["Key"].startswith("_jobs/w-"), "crash"),
         h.rule("complete", "GetObject", lambda p: p["Key"].startswith("_async/output/"), "crash"),
     )
     try:
@@ -185,7 +195,6 @@ def test_completion_handler_crash(harness) -> None:
     assert injected.get("complete:PutObject:crash", 0) == len(keys), injected
     assert summary["invocations_accepted"] == len(keys)
     for key in keys:
-        etag = plain_etag(h.s3.head_object(Bucket=h.state.input_bucket, Key=key)["ETag"])
-        job = h.job(inference_id(h.state.input_bucket, key, etag))
+        job = latest_job(h, key)
         assert job["state"] == "completed" and f"{key}.json" in job["result_keys"]
     assert_transcripts_right(h, keys)

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from whisper_contract import ErrorRecord, ModelInfo, RequestOptions, Segment, Timings, Transcript, env
 from whisper_contract.jobs import SUBMITTED, JobRecord
-from whisper_contract.keys import error_key, inference_id, is_audio_key, is_internal_key, job_key, plain_etag
+from whisper_contract.jobs import KeyIndex
+from whisper_contract.keys import all_output_keys, error_key, is_audio_key, job_key, key_index_key, plain_etag
 
 PROFILE = settings.get_profile(os.environ.get("FUZZ_PROFILE", "fuzz-ci"))
 IN, OUT, ENDPOINT = "fuzz-in", "fuzz-out", "fuzz-endpoint"
@@ -162,14 +163,15 @@ def test_trigger_answers_every_message(aws, tally, key: tuple[str, str], body: s
         tally("lambda-trigger").add(f"{variant}: batch item failure")
         return
     assert failed == [], result
-    acts = variant in ("normal", "sns-wrapped", "missing") and is_audio_key(key) and not is_internal_key(key)
+    acts = variant in ("normal", "sns-wrapped", "missing") and is_audio_key(key)
     if not acts:
         assert not invoked and not error_written, (variant, key)
         tally("lambda-trigger").add(f"{variant}: skipped")
         return
     # Exactly one outcome: one invocation, or one error record.
     assert len(invoked) + int(error_written) == 1, (variant, key, invoked, error_written)
-    job = JobRecord.from_json(s3.get_object(Bucket=OUT, Key=job_key(inference_id(IN, key, etag)))["Body"].read())
+    latest = KeyIndex.from_json(s3.get_object(Bucket=OUT, Key=key_index_key(key))["Body"].read()).latest_job
+    job = JobRecord.from_json(s3.get_object(Bucket=OUT, Key=job_key(latest))["Body"].read())
     if invoked:
         assert invoked[0]["x-amzn-sagemaker-inputlocation"] == f"s3://{IN}/{key}"
         RequestOptions.from_query(invoked[0].get("x-amzn-sagemaker-custom-attributes"))  # parses back
@@ -255,6 +257,60 @@ def test_completion_answers_every_notification(aws, tally, key: tuple[str, str],
         record = ErrorRecord.from_json(s3.get_object(Bucket=OUT, Key=error_key(key))["Body"].read())
         assert record.details["source"]["key"] == key
         tally("lambda-complete").add(f"error record {record.code}")
+
+
+# --- re-uploads and overwrites ----------------------------------------------------------------
+versions = st.lists(st.tuples(st.sampled_from([b"fLaC one", b"fLaC two", b""]),
+                              st.sampled_from(["json,srt", "txt", "vtt,json,txt", "bad-format"])),
+                    min_size=1, max_size=4)
+
+
+@settings(PROFILE, max_examples=max(1, PROFILE.max_examples // 5))  # each example is ~20 S3 round trips
+@given(uploads=versions, order=st.randoms(use_true_random=False), dup=st.integers(0, 2))
+def test_reuploads_end_with_exactly_the_latest_versions_results(aws, tally, uploads, order, dup) -> None:
+    """Upload several versions to one key, deliver their S3 events duplicated and shuffled,
+    then the endpoint's notifications duplicated and shuffled: the key's output names hold
+    exactly the latest version's results."""
+    from whisper_lambdas.complete.handler import handler as complete
+    from whisper_lambdas.submit.handler import handler as submit
+
+    s3, stub = aws
+    key = f"{uuid.uuid4().hex[:8]}/re-upload.flac"
+    events = []
+    for number, (body, formats) in enumerate(uploads):
+        put = s3.put_object(Bucket=IN, Key=key, Body=body, Metadata={"formats": formats})
+        record = s3_record(key, plain_etag(put["ETag"]), len(body))
+        record["s3"]["object"]["sequencer"] = f"{0x10 + number:X}"  # grows per event, as S3's does
+        events.append(json.dumps({"Records": [record]}))
+    deliveries = events * (1 + dup)
+    order.shuffle(deliveries)
+    calls_before = len(stub.calls)
+    for body in deliveries:
+        assert submit({"Records": [{"messageId": "m", "body": body}]}, None) == {"batchItemFailures": []}
+    notifications = []
+    for call in stub.calls[calls_before:]:
+        iid = call["x-amzn-sagemaker-inference-id"]
+        job = JobRecord.from_json(s3.get_object(Bucket=OUT, Key=job_key(iid))["Body"].read())
+        text = f" version {int(job.revision[2:], 16) - 0x10}"  # which upload this job read
+        s3.put_object(Bucket=OUT, Key=f"_async/output/{iid}.out", Body=transcript_json().replace(b" hello", text.encode()))
+        notifications.append(json.dumps({"inferenceId": iid, "invocationStatus": "Completed",
+                                         "responseParameters": {"outputLocation": f"s3://{OUT}/_async/output/{iid}.out"}}))
+    notifications *= 1 + dup
+    order.shuffle(notifications)
+    for body in notifications:
+        assert complete({"Records": [{"messageId": "n", "body": body}]}, None) == {"batchItemFailures": []}
+
+    present = sorted(k for k in all_output_keys(key) if exists(s3, OUT, k))
+    body, formats = uploads[-1]
+    if not body or formats == "bad-format":
+        assert present == [error_key(key)], (uploads, present)
+        tally("lambda-reuploads").add("latest is an error record")
+    else:
+        assert present == sorted(f"{key}.{f}" for f in formats.split(",")), (uploads, present)
+        if f"{key}.json" in present:
+            got = Transcript.from_json(s3.get_object(Bucket=OUT, Key=f"{key}.json")["Body"].read())
+            assert got.text == f" version {len(uploads) - 1}", (uploads, got.text)
+        tally("lambda-reuploads").add("latest transcript only")
 
 
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*.json")) if CORPUS.exists() else [], ids=lambda p: p.name)

@@ -14,6 +14,16 @@ import pytest
 REGION = "us-east-1"
 
 
+@pytest.fixture(scope="session")
+def moto_url(moto_url: str) -> str:
+    """The session's moto server, with S3 events carrying ``sequencer``/``versionId`` as AWS's
+    do (the server runs in this process, so wrapping moto's event builder reaches it)."""
+    from whisper_local import moto_s3_events
+
+    moto_s3_events.install()
+    return moto_url
+
+
 @dataclass
 class Aws:
     url: str
@@ -37,6 +47,18 @@ class Aws:
     @staticmethod
     def event(*bodies: str) -> dict[str, Any]:
         return sqs_event(*bodies)
+
+    @staticmethod
+    def job_id(event: dict[str, Any]) -> str:
+        """The inference id the trigger gives the (first) upload in an SQS event from moto."""
+        from urllib.parse import unquote_plus
+
+        from whisper_contract.keys import inference_id, revision
+
+        record = json.loads(event["Records"][0]["body"])["Records"][0]
+        obj = record["s3"]["object"]
+        return inference_id(record["s3"]["bucket"]["name"], unquote_plus(obj["key"]),
+                            revision(obj.get("versionId"), obj.get("sequencer"), obj.get("eTag"), record["eventTime"]))
 
     def output(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.output_bucket, Key=key)["Body"].read()

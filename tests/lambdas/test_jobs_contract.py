@@ -30,5 +30,34 @@ def test_s3_helpers():
         with pytest.raises(ValueError):
             parse_s3_uri(bad)
     assert plain_etag('"abc-2"') == "abc-2" and plain_etag(None) is None
-    assert is_internal_key("_jobs/w.json") and is_internal_key("x.mp3.error.json")
+    assert is_internal_key("_jobs/w.json") and is_internal_key("_jobs/by-key/k.json") and is_internal_key("x.mp3.error.json")
     assert not is_internal_key("jobs/x.mp3")
+
+
+def test_output_names_fit_s3_and_keep_out_of_the_internal_namespaces():
+    from whisper_contract.keys import MAX_KEY_BYTES, all_output_keys, output_base
+
+    assert output_base("calls/a.mp3") == "calls/a.mp3"
+    assert output_base("_jobs/a.mp3") == "__jobs/a.mp3" and output_base("__jobs/a.mp3") == "___jobs/a.mp3"
+    assert output_base("_private/a.mp3") == "_private/a.mp3"
+    for key in ("a" * 1013, "a" * 1014, "é" * 511 + "x", "日" * 341 + "a", "_jobs/" + "ü" * 509):
+        names = all_output_keys(key)
+        assert all(len(n.encode()) <= MAX_KEY_BYTES for n in names), key
+        assert (output_base(key) == key) == (len(key.encode()) + len(".error.json") <= MAX_KEY_BYTES)
+        assert not output_base(key).startswith(("_jobs/", "_async/"))
+        output_base(key).encode().decode()  # cut at a character boundary
+    assert output_base("a" * 1014) != output_base("a" * 1013 + "b")  # the hash of the whole key
+
+
+@pytest.mark.parametrize("query, header", [("formats=json&format=srt", ""), ("format=srt", "formats=json"),
+                                           ("", "output=txt&formats=json"), ("language=en", "Language=de")])
+def test_an_option_given_twice_in_any_spelling_is_a_bad_option(query, header):
+    from whisper_contract import ContractError, RequestOptions
+    from whisper_server.negotiate import parse_options
+
+    with pytest.raises(ContractError, match="given twice") as err:
+        parse_options(query, header)
+    assert err.value.code.value == "bad_option"
+    with pytest.raises(ContractError, match="given twice"):
+        RequestOptions.from_query(f"{query}&{header}".strip("&"))
+    assert RequestOptions.with_defaults("formats=json,txt&language=en", [("format", "srt")]).formats == ("srt",)
