@@ -202,7 +202,7 @@ def _needs_own_downmix(layout: "av.AudioLayout") -> bool:
     """FFmpeg downmixes named layouts, and bare channel counts it has a default layout for
     (1-8, 10, 12, 14, 16, 24); it refuses any other bare count (a PCM WAV with 9, 13, 32 or
     200 channels and no channel mask), so those are mixed here."""
-    if any(channel.name != "NONE" for channel in layout.channels):
+    if not layout.channels or any(channel.name != "NONE" for channel in layout.channels):
         return False
     try:
         av.AudioLayout(f"{len(layout.channels)}c")
