@@ -42,6 +42,16 @@ FIXED = {
     "wav-format-tag-0-no-decoder.wav": "unsupported_media",  # was HTTP 500 (codec_context None)
     "wav-format-tag-0-stereo-16bit.wav": "unsupported_media",
     "wav-format-tag-fffe-no-extension.wav": "unsupported_media",
+    # issue 12.1: playlists FFmpeg used to follow (ffconcat read files beside the body)
+    "ffconcat-relative-entry.txt": "unsupported_media",
+    "hls-loopback-and-file.m3u8": "unsupported_media",
+    "dash-loopback.mpd": "unsupported_media",
+    "sdp-loopback.sdp": "unsupported_media",
+    # issue 12.6: cut to 10 % + 7 bytes, these answered 200 with part of the text
+    "truncated-10pct-pcm_s16le.wav": "corrupt_audio",
+    "truncated-10pct-pcm_s16le.caf": "corrupt_audio",
+    "truncated-10pct-pcm_s16le.voc": "corrupt_audio",
+    "truncated-10pct-ac3.ac3": "corrupt_audio",
 }
 
 
