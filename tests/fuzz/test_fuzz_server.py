@@ -10,10 +10,16 @@ that ever broke something lives in ``corpus/server`` and is replayed first.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import struct
 import time
+from functools import lru_cache
 from pathlib import Path
+
+import av
+import numpy as np
 
 import httpx
 import pytest
@@ -21,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from whisper_contract import CONTENT_TYPES, ErrorRecord, Transcript
+from whisper_server.audio import decode_all
 
 PROFILE = settings.get_profile(os.environ.get("FUZZ_PROFILE", "fuzz-ci"))
 AUDIO = Path(__file__).resolve().parents[1] / "data" / "audio"
@@ -35,7 +42,64 @@ FIXED = {
     "wav-format-tag-0-no-decoder.wav": "unsupported_media",  # was HTTP 500 (codec_context None)
     "wav-format-tag-0-stereo-16bit.wav": "unsupported_media",
     "wav-format-tag-fffe-no-extension.wav": "unsupported_media",
+    # issue 12.1: playlists FFmpeg used to follow (ffconcat read files beside the body)
+    "ffconcat-relative-entry.txt": "unsupported_media",
+    "hls-loopback-and-file.m3u8": "unsupported_media",
+    "dash-loopback.mpd": "unsupported_media",
+    "sdp-loopback.sdp": "unsupported_media",
+    # issue 12.6: cut to 10 % + 7 bytes, these answered 200 with part of the text
+    "truncated-10pct-pcm_s16le.wav": "corrupt_audio",
+    "truncated-10pct-pcm_s16le.caf": "corrupt_audio",
+    "truncated-10pct-pcm_s16le.voc": "corrupt_audio",
+    "truncated-10pct-ac3.ac3": "corrupt_audio",
 }
+
+
+# Error messages speak about the user's file: no temp paths, errno values, FFmpeg's "[...]"
+# prefixes or C function names (issue 12.11).
+INTERNALS = re.compile(r"/tmp|Errno|\[\d|\bavformat_|\bav_|\bavcodec_|\bswr_")
+SHORT_PATH = AUDIO / "en_librispeech_test-clean_2830-3980-0043.flac"
+# Containers to cut short (issue 12.6): (format, codec, sample format, rate).
+CONTAINERS = [("wav", "pcm_s16le", "s16", 16_000), ("wav", "pcm_u8", "u8", 16_000), ("wav", "pcm_s24le", "s32", 16_000),
+              ("wav", "pcm_f32le", "flt", 16_000), ("aiff", "pcm_s16be", "s16", 16_000), ("au", "pcm_s16be", "s16", 16_000),
+              ("caf", "pcm_s16le", "s16", 16_000), ("w64", "pcm_s16le", "s16", 16_000), ("voc", "pcm_s16le", "s16", 16_000),
+              ("avi", "pcm_s16le", "s16", 16_000), ("ac3", "ac3", "fltp", 48_000), ("mp2", "mp2", "s16", 48_000),
+              ("wv", "wavpack", "fltp", 16_000), ("flac", "flac", "s16", 16_000)]
+
+
+@lru_cache(maxsize=1)
+def short_samples() -> np.ndarray:
+    return decode_all(SHORT_PATH)
+
+
+def encode(samples: np.ndarray, fmt: str, codec: str, sample_format: str, rate: int = 16_000) -> bytes:
+    if rate != 16_000:
+        samples = np.interp(np.arange(len(samples) * rate // 16_000) * 16_000 / rate, np.arange(len(samples)),
+                            samples).astype(np.float32)
+    scale = {"s16": (32767, np.int16, 0), "u8": (127, np.uint8, 128), "s32": (2_147_000_000, np.int32, 0)}
+    if sample_format in scale:
+        factor, dtype, offset = scale[sample_format]
+        pcm = (np.clip(samples, -1, 1) * factor + offset).astype(dtype)
+    else:
+        pcm = samples.astype(np.float32)  # float formats keep NaN/Inf as given
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        pcm = pcm.reshape(1, -1)
+        for start in range(0, pcm.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + 1024]),
+                                               format=sample_format, layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=None)
+def encoded(index: int) -> bytes:
+    return encode(short_samples(), *CONTAINERS[index])
 
 
 def wav(sample_rate: int, channels: int, bits: int, data: bytes, *, tag: int = 1, declared: int | None = None) -> bytes:
@@ -94,7 +158,39 @@ def damaged_clip(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@st.composite
+def truncated_container(draw: st.DrawFn) -> bytes:
+    whole = encoded(draw(st.integers(0, len(CONTAINERS) - 1)))
+    return whole[: draw(st.integers(1, len(whole) - 1))]
+
+
+@st.composite
+def non_finite_float(draw: st.DrawFn) -> bytes:
+    """A real clip as float WAV/WavPack with NaN, Inf or huge samples injected (issue 12.5)."""
+    samples = short_samples().copy()
+    values = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 3.4e38, 1e-45])
+    for _ in range(draw(st.integers(1, 50))):
+        samples[draw(st.integers(0, len(samples) - 1))] = draw(values)
+    if draw(st.booleans()):
+        samples[:: draw(st.integers(100, 16_000))] = draw(values)
+    fmt = draw(st.sampled_from([("wav", "pcm_f32le", "flt"), ("wv", "wavpack", "fltp")]))
+    return encode(samples, *fmt)
+
+
+@st.composite
+def many_channels(draw: st.DrawFn) -> bytes:
+    """PCM WAV, speech in one channel of a count FFmpeg may have no layout for (issue 12.10)."""
+    channels = draw(st.sampled_from([3, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 32, 64]))
+    speech = (np.clip(short_samples()[:16_000], -1, 1) * 32767).astype(np.int16)
+    pcm = np.zeros((len(speech), channels), np.int16)
+    pcm[:, draw(st.integers(0, channels - 1))] = speech
+    return wav(16_000, channels, 16, pcm.tobytes())
+
+
 bodies = st.one_of(
+    truncated_container(),
+    non_finite_float(),
+    many_channels(),
     st.just(b""),
     st.binary(max_size=8192),
     odd_wav(),
@@ -144,6 +240,9 @@ def check(server, body: bytes, attrs: str | None, tally) -> None:
     elif status in CLIENT_ERRORS:
         record = ErrorRecord.from_json(response.content)
         assert record.status == status and record.message, response.text
+        if INTERNALS.search(record.message):
+            tally.fail(f"internals in the message: {record.message!r:.300}", body)
+            raise AssertionError(f"error message shows internals: {record.message}")
         outcome = f"{status} {record.code}"
     elif status in (400, 431) and attrs is not None and len(attrs) > 8000:
         outcome = f"{status} header too large (HTTP layer)"  # h11 refuses before our code runs
@@ -190,3 +289,44 @@ def test_bodies_get_a_transcript_or_a_clear_error(fuzz_server, tally, body: byte
 def test_custom_attributes_get_a_transcript_or_a_clear_error(fuzz_server, tally, attrs: str | None,
                                                               body: bytes) -> None:
     check(fuzz_server, body, attrs, tally("server-attributes"))
+
+
+REAL_PATHS = [str(p) for p in sorted(AUDIO.glob("*.flac"))[:3]] + ["/etc/passwd", "/proc/self/environ"]
+
+
+@st.composite
+def reference_body(draw: st.DrawFn) -> bytes:
+    """Playlists and stream descriptions naming real files and loopback URLs (issue 12.1)."""
+    entry = st.one_of(st.sampled_from(REAL_PATHS), st.sampled_from(REAL_PATHS).map(lambda p: "file:" + p),
+                      st.sampled_from([Path(p).name for p in REAL_PATHS[:3]] + ["../" + Path(REAL_PATHS[0]).name]),
+                      st.sampled_from(["http://127.0.0.1:9/a.flac", "http://169.254.169.254/latest/meta-data/",
+                                       "tcp://127.0.0.1:9", "subfile,,start,0,end,0,,:" + REAL_PATHS[0],
+                                       "concat:" + REAL_PATHS[0] + "|" + REAL_PATHS[1]]))
+    entries = draw(st.lists(entry, min_size=1, max_size=4))
+    kind = draw(st.sampled_from(["ffconcat", "hls", "dash", "sdp", "m3u"]))
+    if kind == "ffconcat":
+        text = "ffconcat version 1.0\n" + "".join(f"file '{e}'\n" for e in entries)
+    elif kind == "hls":
+        text = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n" + "".join(f"#EXTINF:10,\n{e}\n" for e in entries) + \
+            "#EXT-X-ENDLIST\n"
+    elif kind == "dash":
+        text = ('<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+                'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period><AdaptationSet>'
+                + "".join(f'<Representation id="{i}" bandwidth="1"><BaseURL>{e}</BaseURL></Representation>'
+                          for i, e in enumerate(entries)) + "</AdaptationSet></Period></MPD>")
+    elif kind == "sdp":
+        text = "v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 9 RTP/AVP 0\n"
+    else:
+        text = "".join(f"{e}\n" for e in entries)
+    return draw(st.sampled_from(["", "\ufeff", "\n"])).encode() + text.encode()
+
+
+@PROFILE
+@given(body=reference_body())
+def test_references_are_refused_never_followed(fuzz_server, tally, body: bytes) -> None:
+    response = httpx.post(f"{fuzz_server.url}/invocations", content=body, timeout=TIMEOUT_S)
+    t = tally("server-references")
+    if response.status_code == 200:
+        t.fail("a playlist was followed: 200", body, ".txt")
+        raise AssertionError(f"a playlist was followed: {response.text[:300]}")
+    check(fuzz_server, body, None, t)
