@@ -75,6 +75,7 @@ class IngestionStack(Stack):
                                 resources=[output_bucket.arn_for_objects(keys.JOBS_PREFIX + "*")]))
         add(iam.PolicyStatement(sid="ErrorRecords", actions=["s3:PutObject"],
                                 resources=[output_bucket.arn_for_objects("*" + keys.ERROR_SUFFIX)]))
+        add(_replace_outputs(output_bucket))
         add(iam.PolicyStatement(sid="UseDataKey", actions=["kms:Decrypt", "kms:GenerateDataKey"],
                                 resources=[key.key_arn]))
         add(iam.PolicyStatement(
@@ -87,6 +88,7 @@ class IngestionStack(Stack):
              "job records are named by inference id under _jobs/"),
             (s3_objects_finding(cfg.bucket_name("output"), "*" + keys.ERROR_SUFFIX),
              "rejected inputs get <input key>.error.json next to where their transcript would be"),
+            *_replace_outputs_findings(cfg),
         ):
             acknowledge(self.trigger.role, finding, reason)
         self._acknowledge_notification_handler()
@@ -131,8 +133,7 @@ class CompletionStack(Stack):
                        output_bucket.arn_for_objects(keys.JOBS_PREFIX + "*")]))
         add(iam.PolicyStatement(sid="WriteResults", actions=["s3:PutObject"],
                                 resources=[output_bucket.arn_for_objects("*")]))
-        add(iam.PolicyStatement(sid="ClearStaleErrorRecords", actions=["s3:DeleteObject"],
-                                resources=[output_bucket.arn_for_objects("*" + keys.ERROR_SUFFIX)]))
+        add(_replace_outputs(output_bucket))
         add(iam.PolicyStatement(sid="HeadInput", actions=["s3:GetObject"],
                                 resources=[input_bucket.arn_for_objects("*")]))
         add(iam.PolicyStatement(sid="TellMissingFromForbidden", actions=["s3:ListBucket"],
@@ -147,8 +148,7 @@ class CompletionStack(Stack):
              "SageMaker names async outputs and failures itself under _async/"),
             (s3_objects_finding(cfg.bucket_name("output"), keys.JOBS_PREFIX + "*"),
              "job records are named by inference id under _jobs/"),
-            (s3_objects_finding(cfg.bucket_name("output"), "*" + keys.ERROR_SUFFIX),
-             "a stale <key>.error.json is removed when a retry succeeds"),
+            *_replace_outputs_findings(cfg),
             (s3_objects_finding(cfg.bucket_name("input"), "*"),
              "the input's version and ETag (HeadObject) go into the transcript JSON"),
         ):
@@ -156,3 +156,16 @@ class CompletionStack(Stack):
         CfnOutput(self, "CompletionQueueUrl", value=self.completer.queue.queue_url)
         CfnOutput(self, "CompletionDlqUrl", value=self.completer.dlq.queue_url)
         CfnOutput(self, "CompleterFunctionName", value=self.completer.function.function_name)
+
+
+def _replace_outputs(output_bucket: s3.IBucket) -> iam.PolicyStatement:
+    """Both Lambdas delete a key's earlier outputs (other formats, a stale error record) so
+    that its output names hold exactly the latest job's files: DeleteObject on those
+    suffixes only (DeleteObjects checks s3:DeleteObject per key)."""
+    return iam.PolicyStatement(sid="ReplaceOutputs", actions=["s3:DeleteObject"],
+                               resources=[output_bucket.arn_for_objects("*" + suffix) for suffix in keys.OUTPUT_SUFFIXES])
+
+
+def _replace_outputs_findings(cfg: EnvConfig) -> list[tuple[str, str]]:
+    return [(s3_objects_finding(cfg.bucket_name("output"), "*" + suffix),
+             "a key's earlier outputs are deleted when a newer upload of it finishes") for suffix in keys.OUTPUT_SUFFIXES]

@@ -13,6 +13,7 @@ from aws_cdk.assertions import Match
 from stacks.engine_build import BUILDSPEC, GPU_ENVIRONMENT
 from whisper_constructs.lambda_asset import CONTRACT_DIR, handler_source, stage_lambda_asset
 from whisper_contract import env as env_names
+from whisper_contract import keys
 from whisper_contract.engine_spec import EngineBuildSpec
 
 Synth = Any  # the fixture type lives in conftest.py (not importable under importlib mode)
@@ -78,6 +79,7 @@ def test_ingestion_s3_to_sqs_to_trigger(dev: Synth) -> None:
 
 def test_trigger_permissions_are_scoped(dev: Synth) -> None:
     s = statements(dev, dev.stacks.ingestion)
+    _assert_deletes_only_output_names(s)
     assert s["InvokeEndpoint"]["Action"] == "sagemaker:InvokeEndpointAsync"
     assert "endpoint/whisper-dev" in json.dumps(s["InvokeEndpoint"]["Resource"])
     assert s["ReadInput"]["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
@@ -105,9 +107,24 @@ def test_completion_topics_to_sqs_with_raw_delivery_to_completer(dev: Synth) -> 
     read = json.dumps(s["ReadAsyncResultsAndJobs"]["Resource"])
     assert "/_async/*" in read and "/_jobs/*" in read
     assert s["WriteResults"]["Action"] == "s3:PutObject"
-    assert s["ClearStaleErrorRecords"]["Action"] == "s3:DeleteObject"
+    _assert_deletes_only_output_names(s)
     assert "whisper-dev-input-" in json.dumps(s["HeadInput"]["Resource"])
     _assert_lists_only_the_two_buckets(s)
+
+
+def _assert_deletes_only_output_names(s: dict) -> None:
+    """Both Lambdas replace a key's earlier outputs: DeleteObject on the output suffixes only
+    (never job records, never the input bucket). Without it, S3 answers AccessDenied in AWS
+    while moto, which checks no IAM, lets the delete through."""
+    replace = s["ReplaceOutputs"]
+    assert replace["Action"] == "s3:DeleteObject"
+    resources = json.dumps(replace["Resource"])
+    for suffix in keys.OUTPUT_SUFFIXES:
+        assert f"/*{suffix}" in resources
+    assert len(replace["Resource"]) == len(keys.OUTPUT_SUFFIXES)
+    assert "input" not in resources and "_jobs" not in resources
+    deletes = [st for st in s.values() if "s3:DeleteObject" in json.dumps(st["Action"])]
+    assert deletes == [replace]
 
 
 def _assert_lists_only_the_two_buckets(s: dict) -> None:
