@@ -62,8 +62,6 @@ def _healthy(server) -> None:
     ("truncated_mp3", "corrupt_audio", 422),
     ("garbled_flac", "corrupt_audio", 422),
     ("video_only", "no_audio_stream", 422),
-    ("silence", "no_speech", 422),
-    ("noise", "no_speech", 422),
 ])
 def test_bad_body(tiny_server, flac, case, code, status):
     rng = np.random.default_rng(7)
@@ -79,8 +77,6 @@ def test_bad_body(tiny_server, flac, case, code, status):
         "truncated_mp3": SONNET.read_bytes()[:200_000],
         "garbled_flac": lj[:2_000] + rng.bytes(len(lj) - 2_000),
         "video_only": _video_only(),
-        "silence": flac(np.zeros(16_000 * 8, dtype=np.float32)),
-        "noise": flac((rng.standard_normal(16_000 * 5) * 0.001).astype(np.float32)),
     }
     _expect(tiny_server.post(bodies[case]), code, status)
     assert tiny_server.ping().status_code == 200
