@@ -14,6 +14,10 @@ MAX_QUEUE = "WHISPER_MAX_QUEUE"  # requests waiting beyond MAX_CONCURRENCY befor
 MAX_AUDIO_S = "WHISPER_MAX_AUDIO_S"  # longer audio is rejected (input_too_long)
 CPU_THREADS = "WHISPER_CPU_THREADS"  # 0: CTranslate2 decides
 SHUTDOWN_GRACE_S = "WHISPER_SHUTDOWN_GRACE_S"  # after SIGTERM, in-flight work gets this long
+BODY_IDLE_TIMEOUT_S = "WHISPER_BODY_IDLE_TIMEOUT_S"  # longest pause inside a request body
+MIN_BODY_RATE = "WHISPER_MIN_BODY_RATE"  # bytes/s a body must average once the idle timeout has passed
+KEEP_ALIVE_S = "WHISPER_KEEP_ALIVE_S"  # an idle keep-alive connection is closed after this long
+SPOOL_DIR = "WHISPER_SPOOL_DIR"  # request bodies are spooled under here (default: the temp dir)
 PORT = "SAGEMAKER_BIND_TO_PORT"  # SageMaker's own name; 8080 when unset
 
 # Lambdas.

@@ -15,20 +15,38 @@ CONTENT_TYPES = {
 
 
 def _timestamp(seconds: float, decimal: str) -> str:
-    millis = max(0, int(round(seconds * 1000)))
+    millis = max(0, round(seconds * 1000))
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
     secs, millis = divmod(millis, 1000)
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
+# A cue shorter than this cannot be read; a zero-length one is invalid WebVTT (its end must
+# be greater than its start: W3C WebVTT, "collect WebVTT cue timings and settings").
+MIN_CUE_S = 0.1
+
+
+def _cue_text(text: str) -> str:
+    """One line of cue text that cannot end the cue or start another: WebVTT cue text must
+    not contain ``-->`` or a blank line, and ``&``/``<`` start escapes and tags (W3C WebVTT,
+    "WebVTT cue text"); SRT readers take the same tags. Whitespace, line breaks included,
+    becomes single spaces."""
+    text = " ".join(text.split())
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cues(segments: tuple[Segment, ...]) -> list[tuple[float, float, str]]:
-    """Subtitle cues: non-empty text, end never before start."""
-    cues = []
-    for seg in segments:
-        text = seg.text.strip()
-        if text:
-            cues.append((seg.start, max(seg.end, seg.start), text))
+    """Subtitle cues in time order: non-empty text, each at least MIN_CUE_S long (times in
+    whole milliseconds, as written), none starting before the previous one ends."""
+    cues: list[tuple[float, float, str]] = []
+    for seg in sorted(segments, key=lambda s: s.start):
+        text = _cue_text(seg.text)
+        if not text:
+            continue
+        start = round(max(seg.start, cues[-1][1] if cues else 0.0), 3)
+        end = round(max(seg.end, start + MIN_CUE_S), 3)
+        cues.append((start, end, text))
     return cues
 
 

@@ -93,6 +93,7 @@ class Transcript:
     options: dict[str, Any] = field(default_factory=dict)
     source: SourceInfo | None = None
     schema_version: str = RESULT_SCHEMA_VERSION
+    no_speech: bool = False  # the audio was valid but held no speech: empty text, no segments
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -136,6 +137,7 @@ class Transcript:
             options=dict(data.get("options") or {}),
             source=_known_fields(SourceInfo, source) if source else None,
             schema_version=str(data.get("schema_version", RESULT_SCHEMA_VERSION)),
+            no_speech=bool(data.get("no_speech", False)),
         )
 
     @classmethod

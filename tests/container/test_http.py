@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import httpx
+import numpy as np
 import pytest
 
 from whisper_contract import ErrorRecord, Transcript
 from whisper_eval.wer import wer
+
+SR = 16_000
 
 # tiny.en on these clips (measured 0.0-0.27 per clip, see docs/benchmarks.md); the bound
 # leaves room for CPU/int8 jitter but catches a broken decoder, resampler or format reader.
@@ -174,3 +181,161 @@ def test_concurrent_requests_all_answered_and_ping_stays_fast(tiny_server, engli
         assert r.status_code == 200, r.text
         assert wer(clip.reference, r.json()["text"]) <= _bound(clip.name)
     assert tiny_server.ping().status_code == 200
+
+
+# --- slow clients, disconnects, logs, silence (issue 12 items 4, 5, 9, 17; issue 13) -----------
+
+SHORT_CLIP = "2830-3980-0043"  # 4.9 s, "experience proves this"
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tiny_en_dir, tmp_path_factory, launch):
+    """One decode slot, two queue places, and slow-body / keep-alive limits of about a second,
+    so slowloris and disconnect cases take seconds."""
+    server = launch(tiny_en_dir, tmp_path_factory.mktemp("guarded"), WHISPER_MODEL_NAME="tiny.en",
+                    WHISPER_MAX_CONCURRENCY="1", WHISPER_MAX_QUEUE="2", WHISPER_BATCH_SIZE="2",
+                    WHISPER_BODY_IDLE_TIMEOUT_S="1.5", WHISPER_MIN_BODY_RATE="2000", WHISPER_KEEP_ALIVE_S="1")
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def _connect(server) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _start_upload(server, length: int, first: bytes = b"") -> socket.socket:
+    sock = _connect(server)
+    sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode() + first)
+    return sock
+
+
+def _status_of(sock: socket.socket) -> int | None:
+    """The status of the answer on ``sock`` (None: closed without one)."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else None
+
+
+def test_slow_uploads_take_no_decode_slot_and_are_cut_off(guarded_server, english_clips):
+    clip = next(c for c in english_clips if SHORT_CLIP in c.name)
+    trickling = [_start_upload(guarded_server, 100_000, b"x") for _ in range(6)]  # a byte every 0.5 s
+    stalled = [_start_upload(guarded_server, 100_000) for _ in range(4)]  # nothing after the headers
+    started = time.monotonic()
+    try:
+        # 10 slow uploads and three places (1 decoding + 2 queued): none of them may be taken.
+        r = guarded_server.post(clip.path.read_bytes(), timeout=60)
+        assert r.status_code == 200, r.text
+        assert wer(clip.reference, r.json()["text"]) <= 0.1
+        while time.monotonic() - started < 2.5:  # keep trickling past the limits
+            for sock in trickling:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+            time.sleep(0.5)
+        assert [_status_of(s) for s in trickling + stalled] == [504] * 10
+        assert time.monotonic() - started < 60, guarded_server.log()
+    finally:
+        for sock in trickling + stalled:
+            sock.close()
+    assert guarded_server.log().count(" 504 timeout ") >= 10
+
+
+def test_idle_keep_alive_connections_are_closed(guarded_server):
+    sock = _connect(guarded_server)
+    try:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _status_of(sock) == 200
+        sock.settimeout(5)
+        started = time.monotonic()
+        rest = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):  # the rest of the /ping answer, then the close
+                rest += chunk
+        assert time.monotonic() - started < 4  # WHISPER_KEEP_ALIVE_S=1, not uvicorn's 75 s
+    finally:
+        sock.close()
+
+
+def test_client_gone_mid_upload_is_a_logged_disconnect(guarded_server, english_clips):
+    clip = next(c for c in english_clips if SHORT_CLIP in c.name)
+    body = clip.path.read_bytes()
+    sock = _start_upload(guarded_server, len(body), body[: len(body) // 2])
+    time.sleep(0.3)
+    sock.close()
+    end = time.monotonic() + 10
+    while "client disconnected during the upload" not in guarded_server.log():
+        assert time.monotonic() < end, guarded_server.log()
+        time.sleep(0.1)
+    log = guarded_server.log()
+    assert "Traceback" not in log and "internal" not in log and " 500 " not in log, log
+    assert guarded_server.ping().status_code == 200
+
+
+@pytest.fixture(scope="module")
+def five_minutes(english_clips, flac) -> bytes:
+    """About 5 minutes of real speech: the shipped English clips, four times over."""
+    from whisper_server.audio import decode_all
+
+    parts = [decode_all(c.path) for c in english_clips] * 2
+    gap = np.zeros(SR, dtype=np.float32)
+    return flac(np.concatenate([p for part in parts for p in (part, gap)]))
+
+
+def test_client_gone_mid_decode_cancels_its_work(guarded_server, english_clips, five_minutes):
+    clip = next(c for c in english_clips if SHORT_CLIP in c.name)
+    body = clip.path.read_bytes()
+    normal = _timed_post(guarded_server, body)
+    sock = _start_upload(guarded_server, len(five_minutes), five_minutes)
+    time.sleep(2.0)  # the body is in and its decode under way on the only worker
+    sock.close()
+    after = _timed_post(guarded_server, body)
+    # Waiting for the rest of the long decode would take a minute or more; a cancelled one stops
+    # at its next check: the end of the current 4-minute VAD window or 2-chunk batch, a few seconds.
+    assert after < normal + 10.0, (normal, after)
+    log = guarded_server.log()
+    assert "client disconnected during the decode" in log
+    assert "Traceback" not in log, log
+
+
+def _timed_post(server, body: bytes) -> float:
+    started = time.monotonic()
+    r = server.post(body, timeout=120)
+    assert r.status_code == 200, r.text
+    return time.monotonic() - started
+
+
+def test_logs_name_options_but_never_user_text(guarded_server, english_clips):
+    clip = next(c for c in english_clips if SHORT_CLIP in c.name)
+    prompt, hotwords = "Zanzibar quokka ledger", "Xylophonist Quetzalcoatl"
+    r = guarded_server.post(clip.path.read_bytes(), params={"hotwords": hotwords, "language": "en"},
+                            headers={"X-Amzn-SageMaker-Custom-Attributes": f"initial_prompt={quote(prompt)}&vad=true"})
+    assert r.status_code == 200, r.text
+    bad = guarded_server.post(clip.path.read_bytes(), params={"initial_prompt": prompt, "Quokkas_secret": "1"})
+    assert bad.status_code == 400
+    log = guarded_server.log()
+    for secret in ("Zanzibar", "quokka", "Xylophonist", "Quetzalcoatl"):
+        assert secret.lower() not in log.lower(), log
+    assert f"initial_prompt=<{len(prompt)} chars>" in log and f"hotwords=<{len(hotwords)} chars>" in log
+    assert "language=en" in log and "vad=true" in log
+
+
+@pytest.mark.parametrize("name,samples", [
+    ("digital silence, 2 s", np.zeros(2 * SR, dtype=np.float32)),
+    ("room tone, 60 s", (np.random.default_rng(3).standard_normal(60 * SR) * 0.003
+                         + 0.002 * np.sin(2 * np.pi * 50 * np.arange(60 * SR) / SR)).astype(np.float32)),
+])
+def test_no_speech_is_an_empty_transcript_not_an_error(tiny_server, flac, name, samples):
+    body = flac(samples)
+    r = tiny_server.post(body)
+    assert r.status_code == 200, r.text
+    t = Transcript.from_json(r.text)
+    assert (t.text, t.segments, t.no_speech) == ("", (), True)
+    assert r.json()["no_speech"] is True
+    assert t.duration == pytest.approx(len(samples) / SR, abs=0.05)
+    srt = tiny_server.post(body, params={"formats": "srt"})
+    assert srt.status_code == 200 and srt.text.strip() == ""

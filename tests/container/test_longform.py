@@ -3,10 +3,13 @@ segment at its true global time."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from whisper_contract import RequestOptions, Transcript
+from whisper_contract import RequestOptions, Transcript, render
+from whisper_contract.formats import MIN_CUE_S
 from whisper_eval.wer import normalize, wer
 from whisper_server import pipeline
 from whisper_server.backends import load_backend
@@ -54,6 +57,29 @@ def test_long_file_over_http(tiny_server, long_file, flac):
     _check_each_clip(t, long_file, bound=0.35)
     words = [w for s in t.segments for w in s.words]
     assert all(b.start >= a.start - 0.05 for a, b in zip(words, words[1:]))
+    _check_no_overlap(t)
+    for fmt in ("srt", "vtt"):  # the writers the server and the completion Lambda use
+        _check_cues(render(t, fmt))
+
+
+def _check_no_overlap(t: Transcript) -> None:
+    """Ordered, never overlapping (a re-decoded stretch must not land inside another segment)."""
+    for a, b in zip(t.segments, t.segments[1:]):
+        assert b.start >= a.end, (a, b)
+
+
+def _check_cues(body: str) -> None:
+    times = [(_secs(a), _secs(b)) for a, b in re.findall(r"^(\S+) --> (\S+)$", body, flags=re.M)]
+    assert times
+    for start, end in times:
+        assert end - start >= MIN_CUE_S - 1e-9, (start, end)
+    for (_, a_end), (b_start, _) in zip(times, times[1:]):
+        assert b_start >= a_end
+
+
+def _secs(stamp: str) -> float:
+    h, m, s = stamp.replace(",", ".").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +111,7 @@ def test_small_windows_split_nothing(tiny_backend, short_long_file, flac, tmp_pa
     t = pipeline.transcribe_file(path, RequestOptions(), backend, settings)
     assert wer(long_file.reference, t.text) <= 0.15, t.text
     _check_monotonic(t)
+    _check_no_overlap(t)
     _check_placement(t, long_file)
     _check_each_clip(t, long_file, bound=0.35)
 

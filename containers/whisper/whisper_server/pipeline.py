@@ -138,6 +138,44 @@ class Chunk:
         return missed
 
 
+def _units(seg: Segment) -> list[tuple[float, Segment]]:
+    """What ``merge`` may reorder: a segment's words (each as a one-word segment) when they
+    spell its text, else the whole segment; keyed by their middle."""
+    words = seg.words or ()
+    if not words or "".join(w.word for w in words) != seg.text:
+        return [((seg.start + seg.end) / 2, seg)]
+    return [((w.start + w.end) / 2, replace(seg, start=w.start, end=w.end, text=w.word, words=(w,))) for w in words]
+
+
+def merge(segments: list[Segment]) -> list[Segment]:
+    """File order, no overlaps. A re-decoded stretch of missed speech lies inside the span of
+    the first-pass segment whose words surround it: that segment is cut there, so each part
+    keeps its own words, instead of the stretch being inserted inside it. Whatever overlap is
+    left (alignment jitter) is clamped: a segment starts no earlier than the previous ends."""
+    units = sorted(((mid, i, unit) for i, seg in enumerate(segments) for mid, unit in _units(seg)),
+                   key=lambda u: u[0])
+    runs: list[tuple[int, list[Segment]]] = []
+    for _, i, unit in units:
+        if runs and runs[-1][0] == i:
+            runs[-1][1].append(unit)
+        else:
+            runs.append((i, [unit]))
+    out: list[Segment] = []
+    for i, parts in runs:
+        seg = segments[i]
+        if parts[0].words and parts[0].words is not seg.words:  # rebuilt from words
+            words = tuple(w for p in parts for w in p.words or ())
+            seg = replace(seg, start=words[0].start, end=words[-1].end, text="".join(w.word for w in words),
+                          words=words)
+        if out and seg.start < out[-1].end:
+            start = out[-1].end
+            words = None if seg.words is None else tuple(
+                replace(w, start=max(w.start, start), end=max(w.end, start)) for w in seg.words)
+            seg = replace(seg, start=start, end=max(seg.end, start), words=words)
+        out.append(seg)
+    return out
+
+
 def _group(regions: list[dict[str, int]]) -> list[list[dict[str, int]]]:
     """Consecutive regions whose speech adds up to at most 30 s share a chunk."""
     groups: list[list[dict[str, int]]] = []
@@ -290,8 +328,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
             kept = [seg for seg in chunk_segments if seg.text.strip()
                     and not is_silence(seg.avg_logprob, seg.no_speech_prob)]
             for seg in kept:
-                for placed in chunk.place(seg):
-                    segments.append(replace(placed, words=placed.words if options.word_timestamps else None))
+                segments.extend(chunk.place(seg))
             if not retry:
                 missed += chunk.uncovered(kept)
         if missed:
@@ -322,15 +359,17 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
     if batch:
         flush()
 
-    segments.sort(key=lambda seg: seg.start)  # re-decoded stretches land between others
-    segments = [replace(seg, id=i) for i, seg in enumerate(segments)]
+    segments = [replace(seg, id=i, words=seg.words if options.word_timestamps else None)
+                for i, seg in enumerate(merge(segments))]
     duration = round(budget.samples / SAMPLE_RATE, 3)
     text = "".join(s.text for s in segments).strip()
     if not text:
-        raise ContractError(ErrorCode.NO_SPEECH, f"no speech was found in {duration:.1f} s of audio",
-                            duration=duration)
+        # No speech is an answer, not an error (as Amazon Transcribe and OpenAI's API do): a
+        # batch of silent voicemails must not fill the error alarms.
+        segments = []
     return Transcript(
         text=text,
+        no_speech=not text,
         language=language or "en",
         language_probability=round(float(language_probability), 4),
         duration=duration,

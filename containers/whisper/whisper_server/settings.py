@@ -66,7 +66,16 @@ class Settings:
     batch_size: int = 8  # chunks of <= 30 s decoded together
     cpu_threads: int = 0  # 0: CTranslate2 picks
     port: int = DEFAULT_PORT
-    shutdown_grace_s: float = 25.0  # SageMaker allows ~30 s after SIGTERM
+    # SageMaker sends SIGKILL 30 s after SIGTERM; in-flight work gets this long, and the
+    # process is gone EXIT_SLACK_S (server.py) later: 25 s, a 5 s margin before the kill.
+    shutdown_grace_s: float = 23.0
+    # Slow bodies (slowloris): a pause longer than body_idle_timeout_s, or a body averaging
+    # under min_body_rate bytes/s once that long has passed, is answered 504 and dropped. The
+    # async sidecar streams from S3 over the instance's network, far above these floors.
+    body_idle_timeout_s: float = 30.0
+    min_body_rate: int = 64 * 1024
+    keep_alive_s: float = 75.0  # idle keep-alive connections are closed after this long
+    spool_dir: str = ""  # "": the system temp dir; one private folder per request under it
 
     @property
     def label(self) -> str:
@@ -90,4 +99,8 @@ class Settings:
             cpu_threads=_int(e, env.CPU_THREADS, cls.cpu_threads, minimum=0),
             port=_int(e, env.PORT, cls.port),
             shutdown_grace_s=_float(e, env.SHUTDOWN_GRACE_S, cls.shutdown_grace_s),
+            body_idle_timeout_s=_float(e, env.BODY_IDLE_TIMEOUT_S, cls.body_idle_timeout_s),
+            min_body_rate=_int(e, env.MIN_BODY_RATE, cls.min_body_rate),
+            keep_alive_s=_float(e, env.KEEP_ALIVE_S, cls.keep_alive_s),
+            spool_dir=e.get(env.SPOOL_DIR, "").strip(),
         )
