@@ -14,7 +14,7 @@ serve: ## run the Whisper server on $(HOST):$(PORT), CPU, bundled model (MODEL=t
 	$(PY) -m whisper_server --host $(HOST) --port $(PORT)
 
 package-dlc: ## build $(DLC_OUT)/model.tar.gz for the stock SageMaker PyTorch container (MODEL=, WHEELS=1 to bundle wheels)
-	$(PY) -m whisper_server.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,) $(DLC_FLAGS)
+	$(PY) -m whisper_build.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,) $(DLC_FLAGS)
 
 hadolint: ## lint the inference Dockerfiles (GPU, CPU, Triton)
 	$(HADOLINT) containers/whisper/Dockerfile containers/whisper/Dockerfile.cpu containers/whisper/Dockerfile.triton
