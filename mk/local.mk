@@ -4,10 +4,10 @@ DEMO_OUT ?= demo-output
 
 .PHONY: demo local-pipeline test-pipeline
 
-demo: install ## the whole pipeline locally on the shipped clips (or AUDIO=<dir>; MODEL=base for multilingual) -> ./demo-output/
+demo: install-server ## the whole pipeline locally on the shipped clips (or AUDIO=<dir>; MODEL=base for multilingual) -> ./demo-output/
 	$(PY) -m whisper_local.demo --out $(DEMO_OUT) --model $(MODEL) $(if $(AUDIO),--audio "$(AUDIO)",)
 
-local-pipeline: install ## keep the local pipeline up in the foreground for `whisper-sm --env local` (Ctrl-C stops it)
+local-pipeline: install-server ## keep the local pipeline up in the foreground for `whisper-sm --env local` (Ctrl-C stops it)
 	$(abspath $(VENV))/bin/whisper-sm local
 
 test-pipeline: install ## tests of the Lambdas, the local pipeline and the CLI
