@@ -16,5 +16,5 @@ serve: install-server ## run the Whisper server on $(HOST):$(PORT), CPU, bundled
 package-dlc: install-server ## build $(DLC_OUT)/model.tar.gz for the stock SageMaker PyTorch container (MODEL=, WHEELS=1 to bundle wheels)
 	$(PY) -m whisper_build.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,) $(DLC_FLAGS)
 
-hadolint: install ## lint the inference Dockerfiles (GPU, CPU, Triton)
+hadolint: $(VENV)/.installed-dev ## lint the inference Dockerfiles (GPU, CPU, Triton)
 	$(HADOLINT) containers/whisper/Dockerfile containers/whisper/Dockerfile.cpu containers/whisper/Dockerfile.triton
