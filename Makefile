@@ -13,25 +13,51 @@ export PATH := $(abspath node_modules/.bin):$(abspath $(VENV))/bin:$(PATH)
 
 PY_REQS := requirements.txt $(wildcard requirements/*.txt) containers/whisper/requirements.txt constraints.txt pyproject.toml
 
-.PHONY: help install test lock clean
+.PHONY: help install install-cdk install-server install-torch install-engines install-dev test typecheck lock clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-install: $(VENV)/.installed node_modules/.installed ## install everything tests need, from pinned files
+# One venv, installed per part (requirements/<part>.txt), every part against the one lock
+# (constraints.txt). A target depends on the part it needs: `make demo` installs `server` only,
+# `make synth` `cdk` only (+ node_modules), `make test` everything (`dev` includes every part).
+PARTS := cdk server torch engines dev
 
-$(VENV)/.installed: $(PY_REQS)
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt
+
+$(VENV)/.installed-%: $(PY_REQS) | $(VENV)/bin/python
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements/$*.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
+
+# `dev` holds every part, so it also satisfies theirs.
+$(VENV)/.installed-dev: $(PY_REQS) | $(VENV)/bin/python
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements/dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(foreach part,$(PARTS),$(VENV)/.installed-$(part))
+
+install-cdk: $(VENV)/.installed-cdk node_modules/.installed ## install the CDK app's part (synth, diff, deploy, audit)
+install-server: $(VENV)/.installed-server ## install the server part (the container's runtime, the demo, whisper-sm)
+install-torch: $(VENV)/.installed-torch ## install the PyTorch backend's part
+install-engines: $(VENV)/.installed-engines ## install the engine tooling's part
+install-dev: install
+install: $(VENV)/.installed-dev node_modules/.installed ## install everything tests need (every part), from pinned files
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install ## install, then run every test (CPU only; GPU tests are skipped without CUDA)
+# TYPECHECK=1 adds `make typecheck` to `make test` (off until every checked package is clean).
+TYPECHECK ?=
+
+test: install $(if $(TYPECHECK),typecheck,) ## install, then run every test (CPU only; GPU tests are skipped without CUDA)
 	$(PY) -m pytest
+
+typecheck: $(VENV)/.installed-dev ## mypy --strict over whisper_contract, stacks, constructs, lambda ([tool.mypy] in pyproject.toml)
+	rm -rf build/typecheck
+	$(PY) -m whisper_build.layout stage typecheck build/typecheck --link > /dev/null
+	$(PY) -m mypy
 
 lock: ## re-pin every transitive Python dependency into constraints.txt
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt

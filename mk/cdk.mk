@@ -7,14 +7,14 @@ CDK_DEPLOY_ENV := BUILDX_NO_DEFAULT_ATTESTATIONS=1
 
 .PHONY: synth diff deploy synth-time
 
-synth: install ## synthesize every stack of every environment (no AWS account needed); templates in cdk.out/<env>/
+synth: install-cdk ## synthesize every stack of every environment (no AWS account needed); templates in cdk.out/<env>/
 	@for env in $(CDK_ENVS); do \
 	  $(CDK) synth -c env=$$env -o cdk.out/$$env -q || exit 1; \
 	  echo "$$env: $$(ls cdk.out/$$env/*.template.json | wc -l) templates in cdk.out/$$env/:"; \
 	  ls -1 cdk.out/$$env/*.template.json | sed 's/^/  /'; \
 	done
 
-diff: install ## show what `make deploy ENV=...` would change (needs AWS credentials)
+diff: install-cdk ## show what `make deploy ENV=...` would change (needs AWS credentials)
 	$(CDK_DEPLOY_ENV) $(CDK) diff -c env=$(ENV) -o cdk.out/$(ENV) --all
 
 # The endpoint cannot start without its model, and the model bucket is created by the Storage
@@ -30,7 +30,7 @@ deploy: install ## deploy ENV: the Storage stack, then (if the model is in its b
 	if [ $$rc -ne 0 ]; then exit 1; fi
 	$(DEPLOY) --all
 
-synth-time: install ## measure `cdk synth` per environment (docs/benchmarks.md)
+synth-time: install-cdk ## measure `cdk synth` per environment (docs/benchmarks.md)
 	@for env in $(CDK_ENVS); do \
 	  /usr/bin/time -f "$$env: %e s wall, %U s user, %S s sys" $(CDK) synth -c env=$$env -o cdk.out/$$env -q; \
 	done

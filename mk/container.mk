@@ -8,13 +8,13 @@ HADOLINT ?= hadolint
 
 .PHONY: serve package-dlc hadolint
 
-serve: ## run the Whisper server on $(HOST):$(PORT), CPU, bundled model (MODEL=tiny.en|base)
+serve: install-server ## run the Whisper server on $(HOST):$(PORT), CPU, bundled model (MODEL=tiny.en|base)
 	WHISPER_MODEL_DIR="$$($(PY) -c 'from whisper_server.bundled import bundled_model_dir as b; print(b("$(MODEL)"))')" \
 	WHISPER_MODEL_NAME="$(MODEL)" WHISPER_DEVICE=cpu \
 	$(PY) -m whisper_server --host $(HOST) --port $(PORT)
 
-package-dlc: ## build $(DLC_OUT)/model.tar.gz for the stock SageMaker PyTorch container (MODEL=, WHEELS=1 to bundle wheels)
-	$(PY) -m whisper_server.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,) $(DLC_FLAGS)
+package-dlc: install-server ## build $(DLC_OUT)/model.tar.gz for the stock SageMaker PyTorch container (MODEL=, WHEELS=1 to bundle wheels)
+	$(PY) -m whisper_build.package_dlc --model $(MODEL) --out $(DLC_OUT)/model.tar.gz $(if $(WHEELS),--download-wheels,) $(DLC_FLAGS)
 
-hadolint: ## lint the inference Dockerfiles (GPU, CPU, Triton)
+hadolint: $(VENV)/.installed-dev ## lint the inference Dockerfiles (GPU, CPU, Triton)
 	$(HADOLINT) containers/whisper/Dockerfile containers/whisper/Dockerfile.cpu containers/whisper/Dockerfile.triton

@@ -5,10 +5,10 @@ DEMO_OUT ?= demo-output
 .PHONY: demo local-pipeline test-pipeline
 
 # MODEL's global default (tiny.en, for serve) is not the demo's: its clips need the multilingual base.
-demo: install ## the whole pipeline locally on the shipped clips (or AUDIO=<dir>; MODEL=tiny.en for English-only, faster) -> ./demo-output/
+demo: install-server ## the whole pipeline locally on the shipped clips (or AUDIO=<dir>; MODEL=tiny.en for English-only, faster) -> ./demo-output/
 	$(PY) -m whisper_cli.demo --out $(DEMO_OUT) $(if $(filter command line,$(origin MODEL)),--model $(MODEL),) $(if $(AUDIO),--audio "$(AUDIO)",)
 
-local-pipeline: install ## keep the local pipeline up in the foreground for `whisper-sm --env local` (Ctrl-C stops it)
+local-pipeline: install-server ## keep the local pipeline up in the foreground for `whisper-sm --env local` (Ctrl-C stops it)
 	$(abspath $(VENV))/bin/whisper-sm local
 
 test-pipeline: install ## tests of the Lambdas, the local pipeline and the CLI

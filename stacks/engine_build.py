@@ -35,7 +35,7 @@ BUILDSPEC = REPO_ROOT / "containers" / "engine_build" / "buildspec.yml"
 # What containers/engine_build/buildspec.yml runs: the build package, the Triton backend and the
 # evaluation helpers it verifies the engines with, the contract, and the verification clips.
 SOURCE_ALLOW = ("containers/engine_build", "containers/whisper/whisper_server", "whisper_contract", "whisper_eval",
-                "tests/data/audio")
+                "tests/data/audio", "whisper_build", "pyproject.toml")
 SOURCE_EXCLUDE = ["*", *(f"!{p}" for p in SOURCE_ALLOW), "**/__pycache__", "**/*.pyc"]
 GPU_ENVIRONMENT = "LINUX_GPU_CONTAINER"
 _ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)[:@](.+)$")

@@ -1,7 +1,9 @@
-"""Fixtures shared by every test folder: the bundled real models, and GPU test skipping."""
+"""Fixtures shared by every test folder: the bundled real models, one moto server, the DLC
+tarball, and GPU test skipping."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +37,16 @@ def base_dir() -> Path:
     from whisper_server.bundled import bundled_model_dir
 
     return bundled_model_dir("base")
+
+
+@pytest.fixture(scope="session")
+def dlc_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make package-dlc`` once per session (tiny.en, fast compression), as a user runs it."""
+    out = tmp_path_factory.mktemp("dlc-build")
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(["make", "-s", "package-dlc", f"DLC_OUT={out}", "DLC_FLAGS=--compresslevel 1"],
+                   cwd=repo, check=True, capture_output=True, timeout=300)
+    return out / "model.tar.gz"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -49,11 +49,8 @@ HANDLER_RUN = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def unpacked(tmp_path_factory) -> Path:
-    build = tmp_path_factory.mktemp("dlc-build")
-    subprocess.run(["make", "-s", "package-dlc", f"DLC_OUT={build}", "DLC_FLAGS=--compresslevel 1"],
-                   cwd=REPO, check=True, capture_output=True, timeout=300)
-    tarball = build / "model.tar.gz"
+def unpacked(tmp_path_factory, dlc_tarball: Path) -> Path:
+    tarball = dlc_tarball  # `make package-dlc`, once per session (tests/conftest.py)
     target = tmp_path_factory.mktemp("opt-ml-model")
     with tarfile.open(tarball) as tar:
         tar.extractall(target, filter="data")

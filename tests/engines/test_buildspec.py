@@ -27,13 +27,15 @@ def test_buildspec_runs_a_dry_run_then_the_build_with_verification() -> None:
     assert commands.index(builds[0]) < commands.index(builds[1])
 
 
-def test_buildspec_maps_packages_that_exist() -> None:
-    links = [re.search(r'CODEBUILD_SRC_DIR/([^"]+)" /tmp/pkgs/(\w+)', c) for c in _commands() if c.startswith("ln ")]
-    mapped = {m.group(2): m.group(1) for m in links if m}
-    assert mapped == {"whisper_engines": "containers/engine_build",
-                      "whisper_server": "containers/whisper/whisper_server"}
-    for path in mapped.values():
-        assert (REPO / path / "__init__.py").is_file()
+def test_buildspec_stages_the_declared_artifact_and_only_it() -> None:
+    """Packages get their import names from pyproject's mapping (whisper_build.layout), not from
+    hand-written links, and the build's path is that staged folder alone."""
+    commands = _commands()
+    assert "python3 -m whisper_build.layout stage engine-build /tmp/pkgs --link" in commands
+    assert not [c for c in commands if c.startswith("ln ")]
+    assert [c for c in commands if "PYTHONPATH" in c] == ["export PYTHONPATH=/tmp/pkgs"] * 2
+    # -P: the working directory (the whole source zip) is not on the path either.
+    assert all("python3 -P -m whisper_engines" in c for c in commands if "-m whisper_engines" in c)
     for path in SOURCE_PATHS:
         assert (REPO / path).exists(), path
 

@@ -117,14 +117,20 @@ def test_word_timestamps_are_refused_clearly(backend: TritonBackend) -> None:
     assert info.value.code == ErrorCode.BAD_OPTION and "word_timestamps" in info.value.message
 
 
-def test_slow_chunk_times_out_and_server_stays_usable(own_backend: TritonBackend) -> None:
+def test_slow_chunk_times_out_and_server_stays_usable(own_backend: TritonBackend, tmp_path: Path) -> None:
     backend = own_backend
+    slept = tmp_path / "requests.jsonl.slept"  # written by the stand-in when the slow request ends
     started = time.monotonic()
     with pytest.raises(ContractError) as info:
         backend.transcribe_chunks([_chunk(2.0, first=7.0)], DecodeOptions(language="en"))
-    assert info.value.code == ErrorCode.TIMEOUT and time.monotonic() - started < 3.0
+    assert info.value.code == ErrorCode.TIMEOUT and time.monotonic() - started < 3.0, info.value.message
     assert backend.alive()
-    time.sleep(2.0)  # the single stand-in instance is still sleeping on the abandoned request
+    # The single stand-in instance is busy with the abandoned request until it has slept:
+    # wait for its own signal (not a guessed sleep), with a deadline for a loaded machine.
+    deadline = time.monotonic() + 30
+    while not slept.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert slept.exists(), "the stand-in never finished the slow request"
     assert backend.transcribe_chunks([_chunk(2.0)], DecodeOptions(language="en"))[0]
 
 

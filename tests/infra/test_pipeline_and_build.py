@@ -177,7 +177,8 @@ def test_engine_build_source_zip_holds_what_the_buildspec_runs(dev: Synth) -> No
     for path in ("containers/engine_build/build.py", "containers/whisper/whisper_server/backends/base.py",
                  "whisper_contract/engine_spec.py", "whisper_eval/clips.py", "tests/data/audio/MANIFEST.tsv"):
         assert (root / path).is_file(), path
-    assert sorted(p.name for p in root.iterdir()) == ["containers", "tests", "whisper_contract", "whisper_eval"]
+    assert sorted(p.name for p in root.iterdir()) == ["containers", "pyproject.toml", "tests", "whisper_build",
+                                                      "whisper_contract", "whisper_eval"]
     assert not (root / "containers" / "whisper" / "serve").exists()  # only what the build needs
     assert not list(root.rglob("__pycache__"))
 

@@ -21,7 +21,7 @@ def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"package {name!r} is not installed; run `make install` (it is in requirements/dev.txt)"
+            f"package {name!r} is not installed; run `make install-server` (it is in requirements/server.txt)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -5,7 +5,8 @@ real gRPC. It appends one JSON line per request to $WHISPER_STANDIN_LOG (what th
 sent, and how many requests Triton batched into one execute call), and answers:
 - prefix "<|startoftranscript|>" with MAX_NEW_TOKENS 1: language detection -> "<|de|>", p=0.9;
 - first sample 5.0 at temperature 0: a repetitive text (forces the temperature fallback);
-- first sample 7.0: sleeps 3 s (client timeouts);
+- first sample 7.0: sleeps 3 s (client timeouts), then appends a line to $WHISPER_STANDIN_LOG.slept
+  so a test can wait for the instance to be free instead of sleeping a guessed time;
 - first sample 9.0: kills tritonserver (server death mid-request);
 - $WHISPER_STANDIN_TEXT set: that text as one segment (language: $WHISPER_STANDIN_LANGUAGE);
 - otherwise two timestamped segments describing the request.
@@ -51,6 +52,8 @@ class TritonPythonModel:
             os.kill(os.getppid(), signal.SIGKILL)
         if first == 7.0:
             await asyncio.sleep(3)
+            with open(os.environ["WHISPER_STANDIN_LOG"] + ".slept", "a") as done:
+                done.write("slept\n")
         duration = n / 16000
         scripted = os.environ.get("WHISPER_STANDIN_TEXT")
         if prefix == "<|startoftranscript|>" and max_new == 1:

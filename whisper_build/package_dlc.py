@@ -8,7 +8,10 @@ Layout (SageMaker unpacks it into /opt/ml/model)::
     code/wheels/*.whl                           with --download-wheels (for the DLC's Python)
     code/whisper_server/ code/whisper_contract/ the same source as the BYOC image
 
-    python -m whisper_server.package_dlc --model tiny.en --out build/dlc/model.tar.gz
+    python -m whisper_build.package_dlc --model tiny.en --out build/dlc/model.tar.gz
+
+The packages under code/ are the ``dlc`` artifact of pyproject.toml, staged by
+whisper_build.layout; the inference server's files are found the same way.
 """
 
 from __future__ import annotations
@@ -21,12 +24,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import whisper_contract
-import whisper_server
+from whisper_build import layout
 from whisper_server.bundled import BUNDLED, bundled_model_dir
 
-SERVER_DIR = Path(whisper_server.__file__).resolve().parent
-CONTAINER_DIR = SERVER_DIR.parent
+LAYOUT = layout.load()
+CONTAINER_DIR = LAYOUT.folder("whisper_server").parent
 INFERENCE_PY = CONTAINER_DIR / "dlc" / "inference.py"
 RUNTIME_REQUIREMENTS = CONTAINER_DIR / "requirements.txt"
 # The DLC brings its own numpy (and torch); the HTTP server is not used there.
@@ -46,10 +48,6 @@ def dlc_requirements() -> list[str]:
     return pins
 
 
-def _ignore(_: str, names: list[str]) -> list[str]:
-    return [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
-
-
 def build(model_dir: Path, out: Path, *, download_wheels: bool = False, python_version: str = "3.12",
           compresslevel: int = 6) -> Path:
     missing = [f for f in ("config.json", "model.bin", "tokenizer.json") if not (model_dir / f).is_file()]
@@ -59,8 +57,7 @@ def build(model_dir: Path, out: Path, *, download_wheels: bool = False, python_v
         code = Path(tmp) / "code"
         code.mkdir()
         shutil.copy2(INFERENCE_PY, code / "inference.py")
-        shutil.copytree(SERVER_DIR, code / "whisper_server", ignore=_ignore)
-        shutil.copytree(Path(whisper_contract.__file__).resolve().parent, code / "whisper_contract", ignore=_ignore)
+        LAYOUT.stage("dlc", code)
         pins = dlc_requirements()
         (code / "requirements.txt").write_text(
             "# Installed by the inference toolkit at start-up, from the bundled wheels only.\n"
@@ -83,7 +80,7 @@ def build(model_dir: Path, out: Path, *, download_wheels: bool = False, python_v
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m whisper_server.package_dlc", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m whisper_build.package_dlc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en", help=f"bundled model ({', '.join(BUNDLED)}) or a model folder")
     parser.add_argument("--out", type=Path, default=Path("build/dlc/model.tar.gz"))

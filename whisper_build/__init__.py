@@ -1,0 +1,1 @@
+"""Build tooling (standard library only): the folder -> import-name layout and artifact packaging."""
