@@ -61,7 +61,8 @@ PROBE = r'''
 import importlib, importlib.abc, json, pkgutil, sys
 root, repo, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
-sys.path[:] = [root] + [p for p in sys.path if p and not p.startswith(repo)]
+# The repository's folders go; the venv's site-packages stay, also when the venv lives inside it.
+sys.path[:] = [root] + [p for p in sys.path if p and (not p.startswith(repo) or p.startswith(sys.prefix))]
 sys.path_importer_cache.clear()
 shipped = set(spec["shipped"])
 class Blocker(importlib.abc.MetaPathFinder):
