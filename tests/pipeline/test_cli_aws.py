@@ -144,9 +144,9 @@ def test_options_the_user_gives_survive_the_deployments_defaults(moto_url, monke
 
     from whisper_cli.main import _options, build_parser
     from whisper_contract import env
-    from whisper_contract.jobs import JobRecord
-    from whisper_contract.keys import job_key, plain_etag
-    from whisper_lambdas.submit.handler import Submitter
+    from whisper_contract.jobs import JobRecord, KeyIndex
+    from whisper_contract.keys import job_key, key_index_key, plain_etag
+    from whisper_lambdas.submit.handler import Submitter, Upload
 
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
@@ -165,16 +165,18 @@ def test_options_the_user_gives_survive_the_deployments_defaults(moto_url, monke
     runtime = boto3.client("sagemaker-runtime", region_name="us-east-1")
     head = s3.head_object(Bucket=inp, Key="a.flac")
     with Stubber(runtime) as stub:
-        stub.add_response("invoke_endpoint_async", {"InferenceId": sub.inference_id, "OutputLocation": "s3://o/x.out"},
-                          {"EndpointName": "e", "InputLocation": f"s3://{inp}/a.flac", "InferenceId": sub.inference_id,
+        stub.add_response("invoke_endpoint_async", {"InferenceId": "w-stubbed", "OutputLocation": "s3://o/x.out"},
+                          {"EndpointName": "e", "InputLocation": f"s3://{inp}/a.flac", "InferenceId": ANY,
                            "CustomAttributes": "vad=false", "ContentType": ANY, "Accept": ANY,
                            "InvocationTimeoutSeconds": ANY, "RequestTTLSeconds": ANY})
         Submitter(s3, runtime, {env.ENDPOINT_NAME: "e", env.OUTPUT_BUCKET: out,
                                 env.DEFAULT_OPTIONS: "formats=json,txt,srt,vtt&vad=false&language=en"}).submit(
-            inp, "a.flac", None, plain_etag(head["ETag"]), head["ContentLength"])
+            Upload(bucket=inp, key="a.flac", version_id=None, sequencer="0055AED6DCD90281E5",
+                   etag=plain_etag(head["ETag"]), size=head["ContentLength"], event_time=None))
         stub.assert_no_pending_responses()
 
-    record = JobRecord.from_json(s3.get_object(Bucket=out, Key=job_key(sub.inference_id))["Body"].read())
+    index = KeyIndex.from_json(s3.get_object(Bucket=out, Key=key_index_key("a.flac"))["Body"].read())
+    record = JobRecord.from_json(s3.get_object(Bucket=out, Key=job_key(index.latest_job))["Body"].read())
     ran = RequestOptions.from_query(record.options)
     assert (ran.formats, ran.language, ran.vad) == (("json",), None, False)
 
@@ -225,8 +227,8 @@ def test_get_refuses_an_unsafe_key_and_still_fetches_the_rest(cloud, monkeypatch
     costs that one file, never the others nor a write outside --out; a key too long for a
     local file name is written under its cut name."""
     from whisper_cli.main import main
-    from whisper_contract.jobs import COMPLETED, JobRecord
-    from whisper_contract.keys import inference_id, job_key, plain_etag
+    from whisper_contract.jobs import COMPLETED, JobRecord, KeyIndex
+    from whisper_contract.keys import inference_id, job_key, key_index_key, plain_etag
 
     for var, value in {"WHISPER_INPUT_BUCKET": "in-b", "WHISPER_OUTPUT_BUCKET": "out-b", "WHISPER_ENDPOINT_NAME": "e"}.items():
         monkeypatch.setenv(var, value)
@@ -244,6 +246,8 @@ def test_get_refuses_an_unsafe_key_and_still_fetches_the_rest(cloud, monkeypatch
             s3.put_object(Bucket="out-b", Key=result, Body=result.encode())
         s3.put_object(Bucket="out-b", Key=job_key(job), Body=JobRecord(
             job, "in-b", key, COMPLETED, "", etag=etag, result_keys=results).to_json().encode())
+        s3.put_object(Bucket="out-b", Key=key_index_key(key), Body=KeyIndex(
+            "in-b", key, key, job, published_job=job, result_keys=results).to_json().encode())
     out = tmp_path / "out"
 
     code = main(["get", "a.mp3", long_key, "--env", "dev", "--out", str(out)])
