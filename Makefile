@@ -26,14 +26,16 @@ PARTS := cdk server torch engines dev
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 
+# --no-compile: byte-compiling every installed file (torch alone has thousands) costs install
+# time for modules the tests never import; Python compiles what it imports on first use.
 $(VENV)/.installed-%: $(PY_REQS) | $(VENV)/bin/python
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements/$*.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt -r requirements/$*.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
 # `dev` holds every part, so it also satisfies theirs.
 $(VENV)/.installed-dev: $(PY_REQS) | $(VENV)/bin/python
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements/dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt -r requirements/dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(foreach part,$(PARTS),$(VENV)/.installed-$(part))
 

@@ -205,7 +205,9 @@ def test_guard_refuses_a_model_of_another_form_or_model(s3, cfg, first_upload):
 
 def test_triton_guard_checks_the_base_weights_then_the_engines(s3, tmp_path):
     bucket = new_bucket(s3)
-    raw = dict(CONTEXT["environments"]["dev"], backend="triton", model_id="large-v3")
+    # Triton 25.01 needs the driver-535 AMI (forward compatibility; stacks/config.py)
+    raw = dict(CONTEXT["environments"]["dev"], backend="triton", model_id="large-v3",
+               inference_ami_version="al2-ami-sagemaker-inference-gpu-2-1")
     raw["engine_build"] = dict(raw["engine_build"], serve_version="v1")
     cfg = parse_env_config("dev", raw)
     hf = tmp_path / "hf"
