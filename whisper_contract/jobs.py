@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 JOB_SCHEMA_VERSION = "1"
 
@@ -63,15 +63,11 @@ class JobRecord:
         return replace(self, state=state, **changes)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["result_keys"] = list(self.result_keys)
-        return json.dumps(data, ensure_ascii=False, indent=2)
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> JobRecord:
-        kwargs = _known_fields(cls, text)
-        kwargs["result_keys"] = tuple(kwargs.get("result_keys") or ())
-        return cls(**kwargs)
+        return _from_json(cls, text)
 
 
 @dataclass(frozen=True)
@@ -96,15 +92,26 @@ class KeyIndex:
     schema_version: str = JOB_SCHEMA_VERSION
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["result_keys"] = list(self.result_keys)
-        return json.dumps(data, ensure_ascii=False, indent=2)
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> KeyIndex:
-        kwargs = _known_fields(cls, text)
-        kwargs["result_keys"] = tuple(kwargs.get("result_keys") or ())
-        return cls(**kwargs)
+        return _from_json(cls, text)
+
+
+_Record = TypeVar("_Record", "JobRecord", "KeyIndex")
+
+
+def _to_json(record: JobRecord | KeyIndex) -> str:
+    data = asdict(record)
+    data["result_keys"] = list(record.result_keys)  # JSON has no tuples
+    return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+def _from_json(cls: type[_Record], text: str | bytes) -> _Record:
+    kwargs = _known_fields(cls, text)
+    kwargs["result_keys"] = tuple(kwargs.get("result_keys") or ())
+    return cls(**kwargs)
 
 
 def _known_fields(cls: type, text: str | bytes) -> dict[str, Any]:
