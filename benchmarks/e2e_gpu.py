@@ -97,8 +97,7 @@ class ForcedBackend:
         from whisper_server.decoding import Capabilities
         from whisper_server.backends.torch_model import PRESETS, random_model
 
-        sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark's own helper, not product code
-        import gpu_bench
+        import gpu_bench  # beside this script, so on the path of `python benchmarks/e2e_gpu.py`
 
         self.gb = gpu_bench
         self.torch = torch

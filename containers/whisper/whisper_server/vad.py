@@ -58,6 +58,9 @@ class _NumpyOps:
     def asarray(self, a: np.ndarray) -> Any:
         return np.asarray(a, dtype=np.float32)
 
+    def index(self, a: np.ndarray) -> Any:
+        return a
+
     def zeros(self, shape: tuple[int, ...]) -> Any:
         return np.zeros(shape, dtype=np.float32)
 
@@ -90,6 +93,9 @@ class _TorchOps(_NumpyOps):
     def asarray(self, a: np.ndarray) -> Any:
         return self.xp.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
 
+    def index(self, a: np.ndarray) -> Any:
+        return self.xp.as_tensor(a, device=self.device)
+
     def zeros(self, shape: tuple[int, ...]) -> Any:
         return self.xp.zeros(shape, dtype=self.xp.float32, device=self.device)
 
@@ -116,26 +122,26 @@ class SileroVad:
     """The network, written once over NumPy (CPU images) or torch (``device``, e.g. cuda)."""
 
     def __init__(self, weights: Path = WEIGHTS, device: str | None = None) -> None:
-        self.ops = _TorchOps(device) if device else _NumpyOps()
-        w = {k: self.ops.asarray(v) for k, v in np.load(weights).items()}
-        self._conv = [(w[f"conv{i}_w"].transpose(0, 2, 1).reshape(-1, 3 * w[f"conv{i}_w"].shape[1]).T
-                       if device is None else
-                       w[f"conv{i}_w"].permute(0, 2, 1).reshape(-1, 3 * w[f"conv{i}_w"].shape[1]).T,
-                       w[f"conv{i}_b"], stride) for i, stride in enumerate((1, 2, 2, 1))]
-        self._lstm_w, self._lstm_r, self._lstm_b = w["lstm_w"].T, w["lstm_r"].T, w["lstm_b"]
-        self._out_w, self._out_b = w["out_w"][0], w["out_b"][0]
+        self.ops = ops = _TorchOps(device) if device else _NumpyOps()
+        # Every matrix is laid out in NumPy once, then handed to the array library.
+        w = dict(np.load(weights))
+        # Conv weights (cout, cin, 3) as (3 * cin, cout), tap-major, to match _conv3's taps.
+        self._conv = [(ops.asarray(w[f"conv{i}_w"].transpose(2, 1, 0).reshape(-1, len(w[f"conv{i}_w"]))),
+                       ops.asarray(w[f"conv{i}_b"]), stride) for i, stride in enumerate((1, 2, 2, 1))]
+        self._lstm_w, self._lstm_r = ops.asarray(w["lstm_w"].T), ops.asarray(w["lstm_r"].T)
+        self._lstm_b = ops.asarray(w["lstm_b"])
+        self._out_w, self._out_b = ops.asarray(w["out_w"][0]), ops.asarray(w["out_b"][0])
         # The model's STFT is a periodic-Hann DFT (its basis matches to 1e-7): real parts,
         # then imaginary parts, as one (256, 258) matrix.
         n, k = np.arange(_N_FFT), np.arange(_N_FFT // 2 + 1)[:, None]
         hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / _N_FFT)
         angle = 2 * np.pi * k * n / _N_FFT
-        self._basis = self.ops.asarray(np.concatenate([np.cos(angle) * hann, -np.sin(angle) * hann]).T)
+        self._basis = ops.asarray(np.concatenate([np.cos(angle) * hann, -np.sin(angle) * hann]).T)
         # Reflect-pad by 128 and cut frames 1-4 of 256 every 128 samples: one gather index.
         padded = np.concatenate([np.arange(_N_FFT // 2, 0, -1), np.arange(CONTEXT + WINDOW),
                                  CONTEXT + WINDOW - 2 - np.arange(_N_FFT // 2)])
         starts = np.arange(_HOP, len(padded) - _N_FFT + 1, _HOP)
-        index = padded[starts[:, None] + np.arange(_N_FFT)]
-        self._frames = index if device is None else self.ops.xp.as_tensor(index, device=self.ops.device)
+        self._frames = ops.index(padded[starts[:, None] + np.arange(_N_FFT)])
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Speech probability of each 512-sample window of ``audio`` (zero-padded at the end)."""
