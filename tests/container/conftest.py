@@ -45,6 +45,14 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for(self, count: str, value: int, timeout: float = 20) -> None:
+        """Until /ping's count of requests ``count`` (admitted | receiving) equals ``value``:
+        the server's own account of its work, not a log line."""
+        end = time.monotonic() + timeout
+        while self.ping().json()[count] != value:
+            assert time.monotonic() < end and self.proc.poll() is None, self.log()
+            time.sleep(0.05)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

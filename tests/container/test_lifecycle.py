@@ -35,17 +35,10 @@ def _post_in_thread(server, body: bytes) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
-def _wait_admitted(server, timeout: float = 20) -> None:
-    end = time.monotonic() + timeout
-    while "request admitted" not in server.log():
-        assert time.monotonic() < end, server.log()
-        time.sleep(0.05)
-
-
 def test_sigterm_lets_the_request_in_flight_finish(tiny_en_dir, tmp_path, launch):
     server = launch(tiny_en_dir, tmp_path)
     thread, out = _post_in_thread(server, CLIP.read_bytes())
-    _wait_admitted(server)
+    server.wait_for("admitted", 1)
     server.proc.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     # Draining, the server still listens: /ping says 503 (not a refused connection), so
@@ -67,7 +60,7 @@ def test_sigterm_grace_runs_out_with_a_clear_error(tiny_en_dir, tmp_path, launch
     # batch when the grace runs out, and the exit must not wait for it.
     server = launch(tiny_en_dir, tmp_path, WHISPER_SHUTDOWN_GRACE_S="0.5", WHISPER_BATCH_SIZE="16")
     thread, out = _post_in_thread(server, flac(long_file.audio))
-    _wait_admitted(server)
+    server.wait_for("admitted", 1)
     server.proc.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     thread.join(60)
@@ -133,7 +126,13 @@ def test_ping_is_503_until_the_model_loads_and_a_bad_model_exits(base_dir, tmp_p
 def test_sigterm_while_the_model_loads_exits_cleanly(base_dir, tmp_path, launch):
     server = launch(base_dir, tmp_path, wait=False)
     end = time.monotonic() + 30
-    while "startup complete" not in server.log() and time.monotonic() < end:
-        time.sleep(0.02)
-    server.proc.send_signal(signal.SIGTERM)  # base takes a second or more to load
+    while True:  # until it listens; base takes a second or more to load after that
+        assert time.monotonic() < end and server.proc.poll() is None, server.log()
+        try:
+            ping = server.ping()
+            break
+        except httpx.TransportError:
+            time.sleep(0.02)
+    assert ping.status_code == 503 and "model is loading" in ping.text  # the SIGTERM lands mid-load
+    server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=30) == 0, server.log()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -176,7 +177,9 @@ class WhisperService:
         # replaces the instance instead of sending it work that can only fail.
         if not getattr(self.backend, "alive", lambda: True)():
             return error_response(ContractError(ErrorCode.NOT_READY, "not ready: the inference backend died"))
-        return Response('{"status": "ready"}', media_type=CONTENT_TYPES["json"])
+        # The counts let an operator (and the tests) see admitted work without reading logs.
+        body = json.dumps({"status": "ready", "admitted": self.admitted, "receiving": self.receiving})
+        return Response(body, media_type=CONTENT_TYPES["json"])
 
     async def invocations(self, request: Request) -> Response:
         started = time.perf_counter()
