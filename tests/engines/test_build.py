@@ -8,8 +8,8 @@ and writes what trtllm-build would.
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
