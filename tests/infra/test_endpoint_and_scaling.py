@@ -77,6 +77,7 @@ def test_byoc_model_env_image_and_model_prefix(dev: Synth) -> None:
         env_names.MODEL_NAME: "large-v3", env_names.MODEL_DIR: "/opt/ml/model",
         # the container gives up 300 s before SageMaker's 3600 s: its readable timeout error wins
         env_names.MAX_CONCURRENCY: "4", env_names.REQUEST_TIMEOUT_S: "3300",
+        env_names.INSTANCE_TYPE: "ml.g5.xlarge",  # the transcripts' cost blocks are priced for it
     }
     assert "Fn::ImportValue" in json.dumps(container["Image"])  # the ECR copy from the Image stack
     assert container["ModelDataSource"]["S3DataSource"] == {
