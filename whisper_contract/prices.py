@@ -40,6 +40,7 @@ class PriceTable:
     verified: str
     instances: dict[str, Price]
     services: dict[str, Price]
+    fixed: dict[str, float]  # costs that run while nothing runs: key, dashboard, storage, VPC endpoints
 
     def instance(self, instance_type: str | None) -> Price | None:
         """The price of ``instance_type``; None when unknown (no estimate beats a wrong one)."""
@@ -72,6 +73,8 @@ def parse(data: dict[str, Any]) -> PriceTable:
         source=str(data.get("source", "")), verified=str(data.get("verified", "")),
         instances={name: _price(name, raw) for name, raw in data["instances"].items()},
         services={name: _price(name, raw) for name, raw in (data.get("services") or {}).items()},
+        fixed={name: float(value) for name, value in (data.get("fixed") or {}).items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)},
     )
 
 
