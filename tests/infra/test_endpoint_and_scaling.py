@@ -222,7 +222,7 @@ def _sagemaker_metrics_in(template: dict[str, Any]) -> list[tuple[str, str, list
             for widget in body["widgets"]:
                 for metric in widget["properties"].get("metrics", []):
                     names = [m for m in metric if isinstance(m, str)]
-                    if names[0] in (ENDPOINT_NAMESPACE, INSTANCE_NAMESPACE):
+                    if names and names[0] in (ENDPOINT_NAMESPACE, INSTANCE_NAMESPACE):  # (not an expression)
                         found.append((names[0], names[1], names[2::2]))
     return found
 
