@@ -7,7 +7,7 @@ runtime), ``whisper_lambdas.common`` (the code both Lambdas share) and ``whisper
     handler.py                    lambda/<name>/handler.py (Lambda's handler: handler.handler)
     whisper_lambdas/__init__.py   lambda/__init__.py
     whisper_lambdas/common/       lambda/common/*.py
-    whisper_contract/             whisper_contract/*.py
+    whisper_contract/             whisper_contract/*.py, *.json (prices.json: package data)
 
 Each synth stages into its own fresh directory under ``build/lambda/`` (removed when the
 process exits), so a stale copy can never be deployed, two synths never race on one folder,
@@ -26,6 +26,8 @@ CONTRACT_DIR = REPO_ROOT / "whisper_contract"
 LAMBDA_SRC = REPO_ROOT / "lambda"
 STAGING_ROOT = REPO_ROOT / "build" / "lambda"
 HANDLER_MODULE = "handler.py"
+# Module and package-data files a package folder contributes (whisper_contract/prices.json).
+PACKAGE_FILES = ("*.py", "*.json")
 # Import name -> source folder of every package an asset carries besides its handler; the
 # import names are those of pyproject's package-dir mapping.
 ASSET_PACKAGES: dict[str, Path] = {
@@ -40,8 +42,8 @@ def handler_source(name: str) -> Path:
 
 
 def stage_lambda_asset(name: str, staging_root: Path = STAGING_ROOT) -> Path:
-    """Copy ``lambda/<name>/handler.py`` and the ``*.py`` of each of ``ASSET_PACKAGES`` (not
-    their sub-folders) into a fresh directory.
+    """Copy ``lambda/<name>/handler.py`` and the ``PACKAGE_FILES`` of each of ``ASSET_PACKAGES``
+    (not their sub-folders) into a fresh directory.
 
     Copies only what exists: a missing handler is reported by the caller (a synth warning),
     never papered over with a placeholder.
@@ -57,6 +59,7 @@ def stage_lambda_asset(name: str, staging_root: Path = STAGING_ROOT) -> Path:
     for import_name, folder in ASSET_PACKAGES.items():
         target = out.joinpath(*import_name.split("."))
         target.mkdir(parents=True, exist_ok=True)
-        for module in sorted(folder.glob("*.py")):
-            shutil.copyfile(module, target / module.name)
+        for pattern in PACKAGE_FILES:
+            for module in sorted(folder.glob(pattern)):
+                shutil.copyfile(module, target / module.name)
     return out

@@ -181,8 +181,11 @@ class EnvConfig:
     default_options: str = "formats=json,txt,srt,vtt"
     backlog_per_instance_target: float = 4.0  # scale out above this many queued requests per instance
     scale_out_cooldown_s: int = 300
-    scale_in_cooldown_s: int = 300
-    scale_in_idle_minutes: int = 15  # consecutive empty-backlog minutes before removing an instance
+    # Cost-tuned defaults (docs/cost.md, checked by tests/unit/test_cost_model.py): wait about one
+    # cold start before scaling in (the break-even of idling against starting again), and once
+    # idle, let each further instance go after one metric period plus its lag, not later.
+    scale_in_cooldown_s: int = 120
+    scale_in_idle_minutes: int = 7  # consecutive empty-backlog minutes before removing an instance
     oldest_request_alarm_s: int = 1800
     failure_alarm_threshold: int = 1  # Invocation5XXErrors per 5 minutes
     dlq_alarm_threshold: int = 1

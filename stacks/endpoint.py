@@ -187,6 +187,7 @@ class EndpointStack(Stack):
             env_names.MODEL_DIR: MODEL_DIR,
             env_names.MAX_CONCURRENCY: str(cfg.max_concurrent_invocations),
             env_names.REQUEST_TIMEOUT_S: str(cfg.container_request_timeout_s),
+            env_names.INSTANCE_TYPE: cfg.instance_type,  # the cost block's price key (whisper_server.metering)
         }
         if cfg.packaging == "dlc":
             env.update({

@@ -11,6 +11,7 @@ from aws_cdk import aws_cloudwatch as cw
 from constructs import Construct
 
 from stacks.config import EnvConfig
+from whisper_contract import prices
 from stacks.props import StackProps, init_stack
 from whisper_constructs.queue_function import QueueFedFunction
 from whisper_constructs.sagemaker_metrics import sagemaker_metric
@@ -56,6 +57,7 @@ class OperationsStack(Stack):
                     fn.function.metric_errors(label=f"{name} errors", period=Duration.minutes(5)),
                     fn.function.metric_throttles(label=f"{name} throttles", period=Duration.minutes(5)))]),
         )
+        self.dashboard.add_widgets(spend_widget(cfg, instances))
         self.dashboard.add_widgets(
             cw.GraphWidget(title="Dead-letter queues (messages)", width=WIDTH, left=[
                 fn.dlq.metric_approximate_number_of_messages_visible(label=f"{name} DLQ", statistic="Maximum")
@@ -67,3 +69,28 @@ class OperationsStack(Stack):
                 fn.function.metric_invocations(label=f"{name} invocations", period=Duration.minutes(5))
                 for name, fn in sorted(functions.items())]),
         )
+
+
+def spend_widget(cfg: EnvConfig, instances: cw.Metric) -> cw.IWidget:
+    """Estimated instance spend: running instances x the hourly price (prices.json, at synth).
+
+    ``instances`` is a per-minute count, so each minute costs instances x price / 60; the running
+    sum is the spend over the dashboard's time range. Storage, Lambda and the VPC endpoints are
+    not in it (docs/cost.md lists them).
+    """
+    table = prices.load()
+    price = table.instance(cfg.instance_type)
+    if price is None:
+        return cw.TextWidget(width=WIDTH * 3, height=2, markdown=(
+            f"**Estimated spend**: no price for `{cfg.instance_type}` in whisper_contract/prices.json; add it "
+            "and redeploy."))
+    per_hour = price.usd_per_hour
+    source = f"{cfg.instance_type} at ${per_hour:g}/h, prices.json of {table.as_of}, {table.region}"
+    return cw.GraphWidget(
+        title=f"Estimated spend (USD; {source})", width=WIDTH * 3,
+        left=[cw.MathExpression(expression=f"instances * {per_hour}", using_metrics={"instances": instances},
+                                label="USD per hour now", period=Duration.minutes(1))],
+        right=[cw.MathExpression(expression=f"RUNNING_SUM(instances * {per_hour} / 60)",
+                                 using_metrics={"instances": instances}, label="USD so far (this time range)",
+                                 period=Duration.minutes(1))],
+    )

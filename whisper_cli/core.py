@@ -112,6 +112,7 @@ def stack_outputs(cloudformation: Any, env_name: str) -> dict[str, str]:
 # the invocation metrics EndpointName and VariantName; a query with another set finds nothing.
 BACKLOG_METRICS = ("ApproximateBacklogSize", "HasBacklogWithoutCapacity")
 VARIANT_METRICS = ("Invocation4XXErrors", "Invocation5XXErrors")
+INSTANCE_METRICS = ("CPUUtilization",)  # namespace /aws/sagemaker/Endpoints, EndpointName + VariantName too
 STATUS_WINDOW = timedelta(minutes=10)
 
 
@@ -119,7 +120,7 @@ def metric_dimensions(metric: str, endpoint_name: str, variant_name: str | None 
     dims = [{"Name": "EndpointName", "Value": endpoint_name}]
     if metric in BACKLOG_METRICS:
         return dims
-    if metric in VARIANT_METRICS and variant_name:
+    if metric in VARIANT_METRICS + INSTANCE_METRICS and variant_name:
         return dims + [{"Name": "VariantName", "Value": variant_name}]
     raise ValueError(f"no dimension rule for {metric!r} (variant {variant_name!r})")
 

@@ -4,25 +4,28 @@
     whisper-sm submit clips/ talk.mp3 --env local --formats json,srt [--wait --out DIR]
     whisper-sm wait  [KEY ...] --env local             # default: the last submit's files
     whisper-sm get   [KEY ...] --env local --out transcripts/
-    whisper-sm status --env dev                        # backlog + instance count
+    whisper-sm status --env dev                        # backlog, instance count, spend today
+    whisper-sm cost --env dev --since 7d               # estimated spend over a period (whisper_cli.cost_report)
     whisper-sm model --env dev --model large-v3        # weights into the model bucket (whisper_cli.model_tool)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from whisper_cli import core, model_tool
+from whisper_cli import core, cost_report, model_tool
 from whisper_contract import ContractError, RequestOptions
 
 console = Console(stderr=True)
@@ -138,7 +141,10 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _target(args).status()
+    target = _target(args)
+    status = target.status()
+    if target.session is not None:  # AWS: what today has cost so far (the local stand-in has no instances)
+        status.update(cost_report.status_spend(target.session, target.endpoint_name))
     if args.json:
         print(json.dumps(status, default=str))
         return 0
@@ -147,6 +153,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     table.add_column("value")
     for key, value in status.items():
         table.add_row(key, str(value))
+    Console().print(table)
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if target.session is None:
+        console.print("[red]error:[/red] cost needs an AWS environment (the local pipeline has no instances to bill)")
+        return 2
+    now = datetime.now(timezone.utc)
+    start = cost_report.parse_since(args.since, now)
+    spend = dataclasses.asdict(cost_report.spend(target.session, target.endpoint_name, target.output_bucket, start, now))
+    if args.json:
+        print(json.dumps(spend))
+        return 0
+    table = Table(title=f"estimated spend of {args.env}, {spend['start']} to {spend['end']} (prices of "
+                        f"{spend['price_date']}; docs/cost.md)")
+    table.add_column("what")
+    table.add_column("value")
+    for key, value in spend.items():
+        table.add_row(key, "-" if value is None else str(value))
     Console().print(table)
     return 0
 
@@ -212,10 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="transcripts")
     p.set_defaults(func=cmd_get)
 
-    p = sub.add_parser("status", help="endpoint backlog and instance count")
+    p = sub.add_parser("status", help="endpoint backlog, instance count and what today has cost")
     common(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cost", help="estimated spend over a period: CloudWatch instance-minutes and the job records")
+    common(p)
+    p.add_argument("--since", default="24h", help="30m, 12h, 7d (before now) or an ISO date/time; default 24h")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("local", help="run the local pipeline in the foreground")
     p.add_argument("--state", type=Path)

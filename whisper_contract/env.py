@@ -17,6 +17,7 @@ SHUTDOWN_GRACE_S = "WHISPER_SHUTDOWN_GRACE_S"  # after SIGTERM, in-flight work g
 BODY_IDLE_TIMEOUT_S = "WHISPER_BODY_IDLE_TIMEOUT_S"  # longest pause inside a request body
 MIN_BODY_RATE = "WHISPER_MIN_BODY_RATE"  # bytes/s a body must average once the idle timeout has passed
 KEEP_ALIVE_S = "WHISPER_KEEP_ALIVE_S"  # an idle keep-alive connection is closed after this long
+INSTANCE_TYPE = "WHISPER_INSTANCE_TYPE"  # ml.* type the endpoint runs on: the cost block's price key
 SPOOL_DIR = "WHISPER_SPOOL_DIR"  # request bodies are spooled under here (default: the temp dir)
 PORT = "SAGEMAKER_BIND_TO_PORT"  # SageMaker's own name; 8080 when unset
 

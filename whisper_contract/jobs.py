@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from whisper_contract.result import Cost
+from whisper_contract.result import _known_fields as _block  # the transcript's tolerant block reader
+
 JOB_SCHEMA_VERSION = "1"
 
 PENDING = "pending"  # record written, endpoint not yet called (or the call failed and will retry)
@@ -49,6 +52,7 @@ class JobRecord:
     order: str | None = None  # keys.event_order(): sorts this upload among the key's uploads
     last_modified: str | None = None  # the object's LastModified as HeadObject gave it (ISO 8601)
     output_base: str | None = None  # keys.output_base(input_key): where its results are named
+    cost: Cost | None = None  # the transcript's cost block, set on completion (whisper-sm cost sums these)
     schema_version: str = JOB_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -111,6 +115,8 @@ def _to_json(record: JobRecord | KeyIndex) -> str:
 def _from_json(cls: type[_Record], text: str | bytes) -> _Record:
     kwargs = _known_fields(cls, text)
     kwargs["result_keys"] = tuple(kwargs.get("result_keys") or ())
+    if "cost" in kwargs:  # JobRecord only
+        kwargs["cost"] = _block(Cost, kwargs["cost"]) if isinstance(kwargs["cost"], dict) else None
     return cls(**kwargs)
 
 

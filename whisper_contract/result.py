@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-RESULT_SCHEMA_VERSION = "1.0"
+# 1.1: the optional ``cost`` block.
+RESULT_SCHEMA_VERSION = "1.1"
 
 
 def _known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
@@ -82,6 +83,23 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What making this transcript cost. The container measures (``compute_seconds``,
+    ``instance_seconds``, ``audio_seconds``, ``instance_type``, ``started_at``); the completion
+    Lambda adds the queue wait and the estimate (``whisper_contract.prices.priced``)."""
+
+    compute_seconds: float  # wall seconds on a decode worker
+    instance_seconds: float  # its share of the instance: busy time split among the requests running at once
+    audio_seconds: float
+    instance_type: str | None = None  # None: not on a priced instance (local runs, tests)
+    started_at: str | None = None  # ISO 8601, when a worker began decoding
+    queue_seconds: float | None = None  # submitted_at -> started_at (SageMaker's queue and ours)
+    price_per_hour: float | None = None  # USD, from prices.json for instance_type
+    price_date: str | None = None  # prices.json's as_of
+    estimated_usd: float | None = None  # instance_seconds x price_per_hour / 3600
+
+
+@dataclass(frozen=True)
 class Transcript:
     text: str
     language: str
@@ -94,6 +112,7 @@ class Transcript:
     source: SourceInfo | None = None
     schema_version: str = RESULT_SCHEMA_VERSION
     no_speech: bool = False  # the audio was valid but held no speech: empty text, no segments
+    cost: Cost | None = None  # absent in 1.0 documents and where nobody measured
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,8 +122,9 @@ class Transcript:
                 seg.pop("words")
             elif seg["words"] is None:
                 seg["words"] = []
-        if self.source is None:
-            data.pop("source")
+        for optional in ("source", "cost"):
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -126,6 +146,7 @@ class Transcript:
             for s in data["segments"]
         )
         source = data.get("source")
+        cost = data.get("cost")
         return cls(
             text=str(data["text"]),
             language=str(data["language"]),
@@ -138,6 +159,7 @@ class Transcript:
             source=_known_fields(SourceInfo, source) if source else None,
             schema_version=str(data.get("schema_version", RESULT_SCHEMA_VERSION)),
             no_speech=bool(data.get("no_speech", False)),
+            cost=_known_fields(Cost, cost) if isinstance(cost, dict) else None,
         )
 
     @classmethod

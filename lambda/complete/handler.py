@@ -28,6 +28,7 @@ from whisper_contract import CONTENT_TYPES, ErrorCode, ErrorRecord, RequestOptio
 from whisper_contract.formats import render
 from whisper_contract.jobs import COMPLETED, FAILED, SUBMITTED, SUPERSEDED, JobRecord, utc_now
 from whisper_contract.keys import error_key, output_keys, parse_s3_uri, plain_etag
+from whisper_contract.prices import priced
 from whisper_lambdas.common import OutputStore, handle_batch, is_forbidden, is_missing, logger, unwrap_sns
 
 log = logger("complete")
@@ -102,11 +103,14 @@ class Completer:
             source=SourceInfo(bucket=job.input_bucket, key=job.input_key, version_id=job.version_id,
                               etag=job.etag, inference_id=job.inference_id),
             timings=dataclasses.replace(transcript.timings, submitted_at=job.submitted_at, completed_at=completed_at),
+            # The container measured; the queue wait and the dollars are known only here.
+            cost=None if transcript.cost is None else priced(transcript.cost, job.submitted_at),
         )
         files = {key: (render(transcript, fmt), CONTENT_TYPES[fmt])
                  for fmt, key in output_keys(job.input_key, formats).items()}
         written = self.store.publish(job, files, index_etag, record=job_etag is not None)
-        self.store.save_job(job.advance(COMPLETED, completed_at=completed_at, result_keys=written), if_match=job_etag)
+        self.store.save_job(job.advance(COMPLETED, completed_at=completed_at, result_keys=written,
+                                        cost=transcript.cost), if_match=job_etag)
         log.info("completed %s: wrote %s", job.inference_id, ", ".join(written))
 
     def failure(self, notification: Mapping[str, Any], job: JobRecord, job_etag: str | None,

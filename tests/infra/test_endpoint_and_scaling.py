@@ -77,6 +77,7 @@ def test_byoc_model_env_image_and_model_prefix(dev: Synth) -> None:
         env_names.MODEL_NAME: "large-v3", env_names.MODEL_DIR: "/opt/ml/model",
         # the container gives up 300 s before SageMaker's 3600 s: its readable timeout error wins
         env_names.MAX_CONCURRENCY: "4", env_names.REQUEST_TIMEOUT_S: "3300",
+        env_names.INSTANCE_TYPE: "ml.g5.xlarge",  # the transcripts' cost blocks are priced for it
     }
     assert "Fn::ImportValue" in json.dumps(container["Image"])  # the ECR copy from the Image stack
     assert container["ModelDataSource"]["S3DataSource"] == {
@@ -221,7 +222,7 @@ def _sagemaker_metrics_in(template: dict[str, Any]) -> list[tuple[str, str, list
             for widget in body["widgets"]:
                 for metric in widget["properties"].get("metrics", []):
                     names = [m for m in metric if isinstance(m, str)]
-                    if names[0] in (ENDPOINT_NAMESPACE, INSTANCE_NAMESPACE):
+                    if names and names[0] in (ENDPOINT_NAMESPACE, INSTANCE_NAMESPACE):  # (not an expression)
                         found.append((names[0], names[1], names[2::2]))
     return found
 

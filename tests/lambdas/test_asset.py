@@ -38,6 +38,7 @@ def test_asset_holds_the_handler_and_exactly_the_declared_packages(tmp_path, nam
     files = sorted(p.relative_to(asset).as_posix() for p in asset.rglob("*") if p.is_file())
     expected = sorted(["handler.py", "whisper_lambdas/__init__.py"]
                       + [f"whisper_contract/{p.name}" for p in CONTRACT_DIR.glob("*.py")]
+                      + ["whisper_contract/prices.json"]  # package data: the cost estimate's prices
                       + [f"whisper_lambdas/common/{p.name}" for p in (LAMBDA_SRC / "common").glob("*.py")])
     assert files == expected
     assert (asset / "handler.py").read_bytes() == (LAMBDA_SRC / name / "handler.py").read_bytes()

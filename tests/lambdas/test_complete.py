@@ -234,3 +234,32 @@ def test_a_200_that_is_not_a_transcript_becomes_an_internal_error(aws, body):
     job = submitted_job(aws, "weird.flac", output=body.encode())
     complete.handler(aws.event(success(job)), None)
     assert ErrorRecord.from_json(aws.output("weird.flac.error.json")).code == "internal"
+
+
+def test_the_transcript_and_its_job_record_carry_the_priced_cost(aws):
+    """Issue 16: the container's measurements plus the queue wait (submit -> decode start) and
+    the estimate from prices.json for the instance it ran on."""
+    import dataclasses
+
+    from whisper_contract import prices
+    from whisper_contract.result import Cost
+
+    measured = Cost(compute_seconds=90.0, instance_seconds=45.0, audio_seconds=3661.25,
+                    instance_type="ml.g5.2xlarge", started_at="2026-01-01T00:00:30.250Z")
+    key = "costed/call.flac"
+    job = submitted_job(aws, key, output=dataclasses.replace(make_transcript(), cost=measured).to_json().encode())
+    assert complete.handler(aws.event(success(job)), None) == {"batchItemFailures": []}
+
+    cost = Transcript.from_json(aws.output(f"{key}.json")).cost
+    table = prices.load()
+    assert cost == dataclasses.replace(measured, queue_seconds=30.25, price_per_hour=1.515, price_date=table.as_of,
+                                       estimated_usd=round(45.0 * 1.515 / 3600, 6))
+    assert JobRecord.from_json(aws.output(job_key(job.inference_id))).cost == cost
+
+
+def test_a_transcript_without_measurements_gets_no_cost_block(aws):
+    key = "costed/old-container.flac"
+    job = submitted_job(aws, key, output=make_transcript().to_json().encode())
+    assert complete.handler(aws.event(success(job)), None) == {"batchItemFailures": []}
+    assert "cost" not in json.loads(aws.output(f"{key}.json"))
+    assert JobRecord.from_json(aws.output(job_key(job.inference_id))).cost is None

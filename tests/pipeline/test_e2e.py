@@ -60,6 +60,12 @@ def test_cli_submit_wait_get_with_real_audio_and_a_broken_file(pipeline, capsys)
         assert wer(c.reference, transcript.text) <= MAX_WER, transcript.text
         assert transcript.source.key == key and transcript.source.bucket == state.input_bucket
         assert transcript.timings.submitted_at and transcript.timings.completed_at
+        # The cost block: measured by the container, the queue wait added by the completion Lambda
+        # (no instance type locally, so no price: issue 16).
+        cost = transcript.cost
+        assert cost is not None and cost.audio_seconds == pytest.approx(c.duration, abs=0.1)
+        assert 0 < cost.instance_seconds <= cost.compute_seconds and cost.queue_seconds is not None
+        assert 0 <= cost.queue_seconds < 240 and (cost.instance_type, cost.estimated_usd) == (None, None)
         assert transcript.language == "en"
         assert (out / f"{key}.srt").read_text().startswith("1\n00:00:")
         assert (out / f"{key}.vtt").read_text().startswith("WEBVTT\n\n00:00:")

@@ -19,6 +19,7 @@ from typing import Any
 
 from whisper_contract import CONTENT_TYPES, ContractError, ErrorCode, RequestOptions, Transcript, env, render
 from whisper_server.backends import Backend, load_backend
+from whisper_server.metering import Meter
 from whisper_server.pipeline import transcribe_file
 from whisper_server.negotiate import CUSTOM_ATTRIBUTES, choose_format, parse_options
 from whisper_server.settings import Settings
@@ -88,7 +89,10 @@ def input_fn(input_data: bytes | str, content_type: str | None, context: Any = N
 def predict_fn(data: DlcRequest, model: DlcModel, context: Any = None) -> Transcript:
     try:
         deadline = time.monotonic() + model.settings.request_timeout_s
-        return transcribe_file(data.path, data.options, model.backend, model.settings, deadline=deadline)
+        # A TorchServe worker is its own process and decodes one request at a time: its meter
+        # sees no overlap, so the share is the wall time (workers sharing a GPU each pay full).
+        return Meter(model.settings.instance_type).run(
+            lambda: transcribe_file(data.path, data.options, model.backend, model.settings, deadline=deadline))
     except ContractError as exc:
         raise _toolkit_error(exc) from None
     finally:

@@ -38,6 +38,7 @@ from whisper_contract import CONTENT_TYPES, ContractError, ErrorCode, RequestOpt
 from whisper_contract.options import FORMATS, LANGUAGES, TASKS
 from whisper_server.backends import Backend, DecodeOptions, load_backend
 from whisper_server.backends.base import SAMPLE_RATE
+from whisper_server.metering import Meter
 from whisper_server.negotiate import CUSTOM_ATTRIBUTES, choose_format, parse_options
 from whisper_server.pipeline import transcribe_file
 from whisper_server.settings import Settings
@@ -128,6 +129,7 @@ class WhisperService:
         self.drain_started: float | None = None
         self.on_fatal: Callable[[], None] = lambda: None
         self.loader: Future[None] | None = None
+        self.meter = Meter(settings.instance_type)  # each transcript's cost block
 
     # --- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
@@ -154,7 +156,7 @@ class WhisperService:
         with self._busy_lock:
             self.busy_workers += 1
         try:
-            return transcribe_file(*args, **kwargs)  # type: ignore[arg-type]
+            return self.meter.run(lambda: transcribe_file(*args, **kwargs))  # type: ignore[arg-type]
         finally:
             with self._busy_lock:
                 self.busy_workers -= 1

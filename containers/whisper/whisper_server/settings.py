@@ -76,6 +76,7 @@ class Settings:
     min_body_rate: int = 64 * 1024
     keep_alive_s: float = 75.0  # idle keep-alive connections are closed after this long
     spool_dir: str = ""  # "": the system temp dir; one private folder per request under it
+    instance_type: str = ""  # "": not on a priced instance (the cost block then has no price)
 
     @property
     def label(self) -> str:
@@ -103,4 +104,5 @@ class Settings:
             min_body_rate=_int(e, env.MIN_BODY_RATE, cls.min_body_rate),
             keep_alive_s=_float(e, env.KEEP_ALIVE_S, cls.keep_alive_s),
             spool_dir=e.get(env.SPOOL_DIR, "").strip(),
+            instance_type=e.get(env.INSTANCE_TYPE, "").strip(),
         )
