@@ -136,6 +136,7 @@ def build(segments: Iterable[Segment], rules: CaptionRules = CaptionRules()) -> 
                     out[-1] = prev = replace(prev, end=round(max(min(prev.end, start - gap), prev.start + MIN_CUE_S), 3))
                 start = max(start, prev.end + gap)
             start = round(max(start, 0.0), 3)
-            end = round(min(max(end, start + MIN_CUE_S), start + rules.max_cue_s), 3)
+            longest = math.floor(round((start + rules.max_cue_s) * 1000, 6)) / 1000  # whole ms, not past the limit
+            end = min(round(max(end, start + MIN_CUE_S), 3), longest)
             out.append(Cue(start=start, end=end, lines=tuple(lines), low_confidence=seg.low_confidence))
     return tuple(out)

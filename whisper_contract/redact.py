@@ -197,8 +197,10 @@ def _numbers(cores: Sequence[str], lower: Sequence[str]) -> list[Span]:
         first, digits, groups = i, "", []
         while i < len(lower):
             found = _number_word(lower, i)
-            if found is None or (lower[i] == "oh" and not digits):  # "oh" alone is no zero
+            if found is None:
                 break
+            if lower[i] == "oh" and not digits and (i + 1 >= len(lower) or _number_word(lower, i + 1) is None):
+                break  # "oh" is a zero only next to other digits
             part, sizes = found
             if i > 0 and lower[i - 1] in _REPEAT and lower[i] in _DIGIT_WORDS:
                 part *= _REPEAT[lower[i - 1]]
