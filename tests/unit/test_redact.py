@@ -159,3 +159,18 @@ def test_redaction_options_travel_as_metadata():
     assert (options.redact, options.redact_types, options.redact_output) == ("pii", ("phone", "email"), "both")
     assert RequestOptions.from_query(options.to_custom_attributes()) == options
     assert RequestOptions(redact="pii").pii_types == PII_TYPES
+
+
+def test_cli_flags_become_the_options():
+    from whisper_cli.main import _options, build_parser
+
+    args = build_parser().parse_args(["submit", "a.mp3", "--redact", "pii", "--redact-types", "phone,email",
+                                      "--redact-output", "both", "--max-line-chars", "32", "--max-lines", "1",
+                                      "--max-cue-s", "4.5", "--min-gap-ms", "80", "--confidence-threshold", "0.6"])
+    options, explicit = _options(args)
+    assert (options.redact, options.redact_types, options.redact_output) == ("pii", ("phone", "email"), "both")
+    assert (options.max_line_chars, options.max_lines, options.max_cue_s, options.min_gap_ms,
+            options.confidence_threshold) == (32, 1, 4.5, 80, 0.6)
+    assert {"redact", "redact_types", "redact_output", "max_cue_s"} <= explicit
+    with pytest.raises(ContractError, match="need redact=pii"):
+        _options(build_parser().parse_args(["submit", "a.mp3", "--redact-output", "both"]))
