@@ -192,3 +192,31 @@ def test_caption_options_reach_the_rules():
     assert options.caption_rules == CaptionRules(max_line_chars=32, max_lines=1, max_cue_s=4.5, min_gap_ms=80)
     assert CaptionRules.from_options(options.to_dict()) == options.caption_rules
     assert RequestOptions().caption_rules == CaptionRules()
+
+
+@pytest.mark.parametrize("query", ["", "max_line_chars=20&max_lines=1&max_cue_s=3&min_gap_ms=120"])
+def test_real_audio_captions_follow_the_rules_and_validate(tiny_en_dir, query):
+    """53 s of read verse (several chunks) through the real pipeline with tiny.en."""
+    from whisper_eval.clips import clip
+    from whisper_server.backends import load_backend
+    from whisper_server.pipeline import transcribe_file
+    from whisper_server.settings import Settings
+
+    settings = Settings(model_dir=str(tiny_en_dir), device="cpu", cpu_threads=2)
+    options = RequestOptions.from_query(query + "&language=en" if query else "language=en")
+    t = transcribe_file(clip("sonnet-001").path, options, load_backend(settings), settings)
+    r = options.caption_rules
+    assert t.captions and t.segments[0].words is None  # cues were built from words, then words dropped
+    shown = [w for cue in t.captions for line in cue.lines for w in line.split(" ")]
+    assert shown == " ".join(t.text.split()).split(" ")  # every word, whole, in order
+    for fmt in ("srt", "vtt"):
+        parsed = parse(render(t, fmt), fmt)
+        assert len(parsed) == len(t.captions) >= 6
+        for (start, end, lines, low), cue in zip(parsed, t.captions):
+            assert 1 <= len(lines) <= r.max_lines and low == cue.low_confidence
+            written = [(LOW_CONFIDENCE_MARK if low and fmt == "srt" else "") + lines[0], *lines[1:]]
+            assert all(len(line) <= r.max_line_chars or " " not in line.removeprefix(LOW_CONFIDENCE_MARK)
+                       for line in written)
+            assert MIN_CUE_S - 1e-6 <= end - start <= r.max_cue_s + 1e-6
+        for a, b in zip(parsed, parsed[1:]):
+            assert b[0] >= a[1] + r.min_gap_ms / 1000 - 1e-6
