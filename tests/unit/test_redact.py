@@ -4,6 +4,8 @@ rewrite that keeps timings, and the redaction options (issue 17 part B)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from whisper_contract import ContractError, ModelInfo, RequestOptions, Segment, Timings, Transcript, Word
 from whisper_contract.postprocess import copies, finish
@@ -174,3 +176,36 @@ def test_cli_flags_become_the_options():
     assert {"redact", "redact_types", "redact_output", "max_cue_s"} <= explicit
     with pytest.raises(ContractError, match="need redact=pii"):
         _options(build_parser().parse_args(["submit", "a.mp3", "--redact-output", "both"]))
+
+
+def test_a_backend_without_word_timings_refuses_redaction_up_front():
+    from types import SimpleNamespace
+
+    from whisper_server.pipeline import validate
+
+    triton = SimpleNamespace(capabilities=SimpleNamespace(word_timestamps=False, multilingual=True),
+                             info=SimpleNamespace(backend="triton", model="large-v3"))
+    validate(RequestOptions(), triton)  # plain transcription is fine
+    with pytest.raises(ContractError, match="redact needs word timings") as err:
+        validate(RequestOptions(redact="pii"), triton)
+    assert err.value.code.value == "bad_option"
+
+
+def _with_check_digit(body: str) -> str:
+    return next(body + d for d in "0123456789" if luhn_valid(body + d))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="0123456789", min_size=12, max_size=18), st.sampled_from([1, 4, 19]))
+def test_every_luhn_valid_card_number_is_hidden_however_it_is_grouped(body, group):
+    number = _with_check_digit(body)
+    groups = [number[i:i + group] for i in range(0, len(number), group)]
+    words = ["my", "card", "is", *groups, "thanks"]
+    t = redact(Transcript(text=" ".join(words), language="en", language_probability=1.0, duration=9.0,
+                          segments=(Segment(0, 0.0, 9.0, "".join(" " + w for w in words), -0.1, 0.0,
+                                            tuple(Word(i * 0.3, i * 0.3 + 0.3, " " + w, 0.9)
+                                                  for i, w in enumerate(words))),),
+                          model=ModelInfo("base", "faster-whisper", "x"), timings=Timings(processing_seconds=1.0)))
+    assert t.text == "my card is [PII:CARD] thanks"
+    span = t.redaction.spans[0]
+    assert (span.type, span.start, span.end) == ("card", pytest.approx(0.9), pytest.approx((3 + len(groups)) * 0.3))
