@@ -12,6 +12,7 @@ shared out in proportion to the characters (``segment_words``).
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
@@ -83,19 +84,28 @@ def segment_words(seg: Segment) -> tuple[Word, ...]:
     return tuple(out)
 
 
-def _tokens(words: Iterable[Word]) -> list[Word]:
-    """What a reader sees as words: Whisper's words with no leading space (``-5`` after
-    ``5``, ``.smith`` after ``John``) belong to the word before them, so ``5-5-5`` and
-    ``John.smith`` are never split over two lines."""
-    out: list[Word] = []
+def _wide(ch: str) -> bool:
+    """Chinese, Japanese (and other full-width) characters: such text has no spaces, and
+    Whisper's words there carry none, yet a line may break between any two of them."""
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def _tokens(words: Iterable[Word]) -> list[tuple[Word, str]]:
+    """What a reader sees as words, each with what joins it to the one before (" " or "").
+    Whisper's words with no leading space (``-5`` after ``5``, ``.smith`` after ``John``)
+    belong to the word before them, so ``5-5-5`` and ``John.smith`` are never split over two
+    lines; next to full-width text they stay words of their own, joined without a space."""
+    out: list[tuple[Word, str]] = []
     for w in words:
         text = " ".join(w.word.split())
         if not text:
             continue
-        if out and not w.word[:1].isspace():
-            out[-1] = replace(out[-1], end=max(out[-1].end, w.end), word=out[-1].word + text)
+        glued = bool(out) and not w.word[:1].isspace()
+        if glued and not (_wide(text[0]) or _wide(out[-1][0].word[-1])):
+            prev, joiner = out[-1]
+            out[-1] = (replace(prev, end=max(prev.end, w.end), word=prev.word + text), joiner)
         else:
-            out.append(replace(w, word=text))
+            out.append((replace(w, word=text), "" if glued else " "))
     return out
 
 
@@ -104,14 +114,14 @@ def _split(words: Iterable[Word], rules: CaptionRules, low: bool) -> list[tuple[
     if it fits, else on a new line if the cue has room, else it starts a new cue; it also
     starts a new cue when the cue would last longer than max_cue_s."""
     cues: list[tuple[float, float, list[str]]] = []
-    for word in _tokens(words):
+    for word, joiner in _tokens(words):
         text = word.word
         if cues:
             start, _, lines = cues[-1]
             width = rules.max_line_chars - (len(LOW_CONFIDENCE_MARK) if low and len(lines) == 1 else 0)
             if word.end - start <= rules.max_cue_s:
-                if len(lines[-1]) + 1 + len(text) <= width:
-                    lines[-1] += " " + text
+                if len(lines[-1]) + len(joiner) + len(text) <= width:
+                    lines[-1] += joiner + text
                     cues[-1] = (start, word.end, lines)
                     continue
                 if len(lines) < rules.max_lines:

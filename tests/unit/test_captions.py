@@ -220,3 +220,16 @@ def test_real_audio_captions_follow_the_rules_and_validate(tiny_en_dir, query):
             assert MIN_CUE_S - 1e-6 <= end - start <= r.max_cue_s + 1e-6
         for a, b in zip(parsed, parsed[1:]):
             assert b[0] >= a[1] + r.min_gap_ms / 1000 - 1e-6
+
+
+def test_text_without_spaces_breaks_between_words_and_joins_them_without_spaces():
+    """Japanese/Chinese: Whisper's words carry no spaces; a line still breaks between words."""
+    text = "今日は天気がとても良いので公園まで歩いて行きましょうそれから駅前の喫茶店でゆっくり話しましょう"
+    pieces = [text[i:i + 2] for i in range(0, len(text), 2)]
+    words = tuple(Word(i * 0.2, i * 0.2 + 0.2, p, 0.9) for i, p in enumerate(pieces))
+    seg = Segment(0, 0.0, words[-1].end, text, -0.1, 0.01, words)
+    cues = build((seg,), CaptionRules(max_line_chars=16))
+    assert "".join(line for c in cues for line in c.lines) == text
+    assert all(len(line) <= 16 for c in cues for line in c.lines) and len(cues) >= 2
+    mixed = (Word(0.0, 0.3, " 価格は", 0.9), Word(0.3, 0.6, "5", 0.9), Word(0.6, 0.9, "-5", 0.9), Word(0.9, 1.2, "円", 0.9))
+    assert build((Segment(0, 0.0, 1.2, " 価格は5-5円", -0.1, 0.0, mixed),))[0].lines == ("価格は5-5円",)
