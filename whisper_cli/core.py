@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from whisper_contract import RequestOptions
 from whisper_contract.jobs import FINAL_STATES, JobRecord, KeyIndex
-from whisper_contract.keys import ERROR_SUFFIX, inference_id, is_audio_key, job_key, key_index_key, plain_etag
+from whisper_contract.keys import ERROR_SUFFIX, UNREDACTED_SUFFIXES, inference_id, is_audio_key, job_key, key_index_key, plain_etag
 
 LOCAL = "local"
 # CloudFormation output keys the CDK stacks publish (stacks/storage.py, the endpoint stack).
@@ -266,7 +266,7 @@ def wait(target: Target, submissions: list[Submission], *, timeout_s: float = 36
 # --- local file names -------------------------------------------------------------------
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems (ext4, XFS, APFS)
 HASH_CHARS = 16  # hex digits of SHA-256 that stand in for the cut part of a long name
-KEPT_SUFFIXES = (ERROR_SUFFIX, ".json", ".txt", ".srt", ".vtt")  # what the pipeline writes
+KEPT_SUFFIXES = (ERROR_SUFFIX, *UNREDACTED_SUFFIXES, ".json", ".txt", ".srt", ".vtt")  # what the pipeline writes
 
 
 class UnsafeKey(ValueError):

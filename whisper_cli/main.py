@@ -33,11 +33,17 @@ STYLE = {"uploaded": "dim", "pending": "yellow", "submitted": "cyan", "completed
          "superseded": "magenta"}
 
 
+# Redaction, captions and confidence (README "Redaction, captions and confidence"): each is
+# --<name with dashes> VALUE and travels as the option of that name.
+ISSUE17_OPTIONS = ("redact", "redact_types", "redact_output", "max_line_chars", "max_lines", "max_cue_s",
+                   "min_gap_ms", "confidence_threshold")
+
+
 def _options(args: argparse.Namespace) -> tuple[RequestOptions, frozenset[str]]:
     """The options, and the names of those the user gave: they travel even where they equal
     RequestOptions' defaults, so the deployment's DEFAULT_OPTIONS cannot replace them."""
     pairs = {}
-    for name in ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords"):
+    for name in ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords", *ISSUE17_OPTIONS):
         value = getattr(args, name, None)
         if value is not None:
             pairs[name] = str(value)
@@ -222,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hotwords")
     p.add_argument("--word-timestamps", action="store_true")
     p.add_argument("--no-vad", action="store_true")
+    p.add_argument("--redact", choices=("none", "pii"), help="pii: replace personal data by [PII:<TYPE>]")
+    p.add_argument("--redact-types", dest="redact_types", help="comma list of phone,email,card,iban,ssn,nino,dob")
+    p.add_argument("--redact-output", dest="redact_output", choices=("redacted", "both"),
+                   help="both: also <key>.unredacted.<fmt>")
+    for name, kind in (("max_line_chars", int), ("max_lines", int), ("max_cue_s", float), ("min_gap_ms", int),
+                       ("confidence_threshold", float)):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help="caption rule / confidence flag")
     p.add_argument("--wait", action="store_true", help="then wait for every result")
     p.add_argument("--out", help="with --wait: download results here")
     p.add_argument("--timeout", type=float, default=3600)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from whisper_contract.result import Segment, Transcript
+from whisper_contract import captions
+from whisper_contract.captions import MIN_CUE_S  # noqa: F401  (re-exported: tests and writers share it)
+from whisper_contract.result import Cue, Transcript
 
 CONTENT_TYPES = {
     "json": "application/json; charset=utf-8",
@@ -22,11 +24,6 @@ def _timestamp(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
-# A cue shorter than this cannot be read; a zero-length one is invalid WebVTT (its end must
-# be greater than its start: W3C WebVTT, "collect WebVTT cue timings and settings").
-MIN_CUE_S = 0.1
-
-
 def _cue_text(text: str) -> str:
     """One line of cue text that cannot end the cue or start another: WebVTT cue text must
     not contain ``-->`` or a blank line, and ``&``/``<`` start escapes and tags (W3C WebVTT,
@@ -36,18 +33,12 @@ def _cue_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _cues(segments: tuple[Segment, ...]) -> list[tuple[float, float, str]]:
-    """Subtitle cues in time order: non-empty text, each at least MIN_CUE_S long (times in
-    whole milliseconds, as written), none starting before the previous one ends."""
-    cues: list[tuple[float, float, str]] = []
-    for seg in sorted(segments, key=lambda s: s.start):
-        text = _cue_text(seg.text)
-        if not text:
-            continue
-        start = round(max(seg.start, cues[-1][1] if cues else 0.0), 3)
-        end = round(max(seg.end, start + MIN_CUE_S), 3)
-        cues.append((start, end, text))
-    return cues
+def _cues(t: Transcript) -> tuple[Cue, ...]:
+    """The container's cues (built while word timings existed); for a transcript without
+    them, the same rules over its segments (whisper_contract.captions)."""
+    if t.captions is not None:
+        return t.captions
+    return captions.build(t.segments, captions.CaptionRules.from_options(t.options))
 
 
 def to_json(t: Transcript) -> str:
@@ -58,18 +49,29 @@ def to_txt(t: Transcript) -> str:
     return "\n".join(s.text.strip() for s in t.segments if s.text.strip()) + "\n"
 
 
+def _lines(cue: Cue, mark: str = "") -> str:
+    lines = [_cue_text(line) for line in cue.lines]
+    lines[0] = mark + lines[0]
+    return "\n".join(lines)
+
+
 def to_srt(t: Transcript) -> str:
     blocks = [
-        f"{i}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n"
-        for i, (start, end, text) in enumerate(_cues(t.segments), start=1)
+        f"{i}\n{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}\n"
+        f"{_lines(cue, captions.LOW_CONFIDENCE_MARK if cue.low_confidence else '')}\n"
+        for i, cue in enumerate(_cues(t), start=1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(t: Transcript) -> str:
     blocks = ["WEBVTT\n"]
-    blocks += [f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n"
-               for start, end, text in _cues(t.segments)]
+    threshold = t.options.get("confidence_threshold")
+    note = "NOTE low confidence" + (f" (below {threshold})" if threshold is not None else "") + "\n"
+    for cue in _cues(t):
+        if cue.low_confidence:
+            blocks.append(note)  # a NOTE block may stand between cues (W3C WebVTT, "WebVTT comment")
+        blocks.append(f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n{_lines(cue)}\n")
     return "\n".join(blocks)
 
 

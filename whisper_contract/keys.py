@@ -27,8 +27,11 @@ INTERNAL_PREFIXES = (JOBS_PREFIX, "_async/")  # the output bucket's own namespac
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
 MAX_KEY_BYTES = 1024
 FORMAT_SUFFIXES = (".json", ".txt", ".srt", ".vtt")  # one per whisper_contract.options.FORMATS
-OUTPUT_SUFFIXES = FORMAT_SUFFIXES + (ERROR_SUFFIX,)
-_LONGEST_SUFFIX = max(len(s.encode()) for s in OUTPUT_SUFFIXES)
+OUTPUT_SUFFIXES = FORMAT_SUFFIXES + (ERROR_SUFFIX,)  # IAM's delete patterns (*.json covers the copies)
+# redact_output=both: the transcript before redaction, <base>.unredacted.<fmt> (issue 17).
+UNREDACTED_VARIANT = "unredacted"
+UNREDACTED_SUFFIXES = tuple(f".{UNREDACTED_VARIANT}{s}" for s in FORMAT_SUFFIXES)
+_LONGEST_SUFFIX = max(len(s.encode()) for s in OUTPUT_SUFFIXES + UNREDACTED_SUFFIXES)
 SHORTENED_MARK = "~"  # <start of the key>~<hash of the whole key>
 _HASH_CHARS = 32
 
@@ -63,9 +66,12 @@ def output_base(input_key: str) -> str:
     return head + tail
 
 
-def output_keys(input_key: str, formats: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Where each requested format of ``input_key``'s transcript is written."""
-    base = output_base(input_key)
+def output_keys(input_key: str, formats: tuple[str, ...] | list[str], variant: str = "") -> dict[str, str]:
+    """Where each requested format of ``input_key``'s transcript is written; ``variant``
+    ``"unredacted"`` names the copy before redaction (``<base>.unredacted.<fmt>``)."""
+    if variant not in ("", UNREDACTED_VARIANT):
+        raise ValueError(f"unknown output variant {variant!r}")
+    base = output_base(input_key) + (f".{variant}" if variant else "")
     return {fmt: f"{base}.{fmt}" for fmt in formats}
 
 
@@ -76,7 +82,7 @@ def error_key(input_key: str) -> str:
 def all_output_keys(input_key: str) -> tuple[str, ...]:
     """Every name a job for ``input_key`` may write: what is not the current job's is stale."""
     base = output_base(input_key)
-    return tuple(base + suffix for suffix in OUTPUT_SUFFIXES)
+    return tuple(base + suffix for suffix in OUTPUT_SUFFIXES + UNREDACTED_SUFFIXES)
 
 
 def revision(version_id: str | None, sequencer: str | None, etag: str | None, event_time: str | None) -> str:

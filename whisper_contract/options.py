@@ -12,13 +12,22 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode
 
+from whisper_contract.captions import CaptionRules
 from whisper_contract.errors import ContractError, ErrorCode
+from whisper_contract.redact import PII_TYPES
 
 TASKS = ("transcribe", "translate")
 FORMATS = ("json", "txt", "srt", "vtt")
 MAX_BEAM_SIZE = 10
 MAX_PROMPT_CHARS = 600
 CUSTOM_ATTRIBUTES_LIMIT = 1024
+REDACT_MODES = ("none", "pii")
+REDACT_OUTPUTS = ("redacted", "both")
+# Inclusive bounds of the numeric options (issue 17): beyond them captions stop being readable.
+NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_line_chars": (10, 200), "max_lines": (1, 5), "max_cue_s": (1.0, 60.0), "min_gap_ms": (0, 2000),
+    "confidence_threshold": (0.0, 1.0),
+}
 
 # Whisper's language codes (openai/whisper tokenizer.LANGUAGES keys).
 LANGUAGES = frozenset(
@@ -31,7 +40,9 @@ LANGUAGES = frozenset(
 # Other spellings of an option. Normalised before the duplicate check, so ``formats=json`` and
 # ``format=srt`` in one request are a duplicate (bad_option), not "the last one wins".
 OPTION_ALIASES = {"format": "formats", "output": "formats"}
-OPTION_NAMES = ("language", "task", "formats", "word_timestamps", "vad", "beam_size", "initial_prompt", "hotwords")
+OPTION_NAMES = ("language", "task", "formats", "word_timestamps", "vad", "beam_size", "initial_prompt", "hotwords",
+                "redact", "redact_types", "redact_output", "max_line_chars", "max_lines", "max_cue_s", "min_gap_ms",
+                "confidence_threshold")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -86,6 +97,15 @@ class RequestOptions:
     beam_size: int = 5
     initial_prompt: str | None = None
     hotwords: str | None = None
+    # Redaction, captions and confidence (issue 17; README "Redaction, captions and confidence").
+    redact: str = "none"  # pii: replace personal data by [PII:<TYPE>] words
+    redact_types: tuple[str, ...] = ()  # a subset of redact.PII_TYPES; empty: all of them
+    redact_output: str = "redacted"  # both: also <base>.unredacted.<fmt>
+    max_line_chars: int = CaptionRules.max_line_chars
+    max_lines: int = CaptionRules.max_lines
+    max_cue_s: float = CaptionRules.max_cue_s
+    min_gap_ms: int = CaptionRules.min_gap_ms
+    confidence_threshold: float = 0.5  # segments below it are flagged low_confidence
 
     def __post_init__(self) -> None:
         if self.language is not None and self.language not in LANGUAGES:
@@ -109,6 +129,30 @@ class RequestOptions:
             text = getattr(self, name)
             if text is not None and len(text) > MAX_PROMPT_CHARS:
                 raise ContractError(ErrorCode.BAD_OPTION, f"{name} is longer than {MAX_PROMPT_CHARS} characters")
+        if self.redact not in REDACT_MODES:
+            raise ContractError(ErrorCode.BAD_OPTION, f"redact must be one of {REDACT_MODES}, got {self.redact!r}")
+        if self.redact_output not in REDACT_OUTPUTS:
+            raise ContractError(ErrorCode.BAD_OPTION,
+                                f"redact_output must be one of {REDACT_OUTPUTS}, got {self.redact_output!r}")
+        for kind in self.redact_types:
+            if kind not in PII_TYPES:
+                raise ContractError(ErrorCode.BAD_OPTION, f"redact_types: {kind!r} is not one of {PII_TYPES}")
+        if self.redact == "none" and (self.redact_types or self.redact_output != "redacted"):
+            raise ContractError(ErrorCode.BAD_OPTION, "redact_types and redact_output need redact=pii")
+        for name, (low, high) in NUMBER_BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:  # also false for NaN
+                raise ContractError(ErrorCode.BAD_OPTION, f"{name} must be between {low:g} and {high:g}, got {value}")
+
+    @property
+    def pii_types(self) -> tuple[str, ...]:
+        """What redaction looks for: the chosen types, or all of them."""
+        return self.redact_types or PII_TYPES
+
+    @property
+    def caption_rules(self) -> CaptionRules:
+        return CaptionRules(max_line_chars=self.max_line_chars, max_lines=self.max_lines,
+                            max_cue_s=self.max_cue_s, min_gap_ms=self.min_gap_ms)
 
     # --- wire format -------------------------------------------------------------------
     @classmethod
@@ -139,15 +183,22 @@ class RequestOptions:
                 kwargs[key] = None if lang in ("", "auto") else lang
             elif key == "task":
                 kwargs[key] = value.strip().lower()
-            elif key == "formats":
+            elif key in ("redact", "redact_output"):
+                kwargs[key] = value.strip().lower()
+            elif key in ("formats", "redact_types"):
                 kwargs[key] = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
             elif key in ("word_timestamps", "vad"):
                 kwargs[key] = _parse_bool(key, value)
-            elif key == "beam_size":
+            elif key in ("beam_size", "max_line_chars", "max_lines", "min_gap_ms"):
                 try:
                     kwargs[key] = int(value)
                 except ValueError:
-                    raise ContractError(ErrorCode.BAD_OPTION, f"beam_size must be an integer, got {value!r}") from None
+                    raise ContractError(ErrorCode.BAD_OPTION, f"{key} must be an integer, got {value!r}") from None
+            elif key in ("max_cue_s", "confidence_threshold"):
+                try:
+                    kwargs[key] = float(value)
+                except ValueError:
+                    raise ContractError(ErrorCode.BAD_OPTION, f"{key} must be a number, got {value!r}") from None
             else:  # initial_prompt, hotwords (canonical_pairs let nothing else through)
                 kwargs[key] = value or None
         return cls(**kwargs)  # type: ignore[arg-type]
@@ -202,4 +253,5 @@ class RequestOptions:
     def to_dict(self) -> dict[str, object]:
         out = dataclasses.asdict(self)
         out["formats"] = list(self.formats)
+        out["redact_types"] = list(self.redact_types)
         return out

@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-# 1.1: the optional ``cost`` block.
-RESULT_SCHEMA_VERSION = "1.1"
+RESULT_SCHEMA_VERSION = "1.1"  # 1.1: optional cost, confidence, captions, redaction (and speakers)
 
 
 def _known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
@@ -39,6 +38,8 @@ class Segment:
     avg_logprob: float
     no_speech_prob: float
     words: tuple[Word, ...] | None = None
+    confidence: float | None = None  # 0..1, whisper_contract.captions.segment_confidence
+    low_confidence: bool = False  # confidence below the request's confidence_threshold
 
     def shifted(self, offset: float, new_id: int) -> "Segment":
         """The same segment placed ``offset`` seconds later (chunk-relative to file-global)."""
@@ -100,6 +101,32 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class Cue:
+    """One subtitle cue as SRT/VTT show it (whisper_contract.captions builds them)."""
+
+    start: float
+    end: float
+    lines: tuple[str, ...]
+    low_confidence: bool = False
+
+
+@dataclass(frozen=True)
+class RedactedSpan:
+    """Where personal data was replaced by one ``[PII:<TYPE>]`` word (never what it was)."""
+
+    type: str
+    start: float
+    end: float
+    segment: int
+
+
+@dataclass(frozen=True)
+class Redaction:
+    types: tuple[str, ...]  # what was looked for
+    spans: tuple[RedactedSpan, ...]
+
+
+@dataclass(frozen=True)
 class Transcript:
     text: str
     language: str
@@ -113,6 +140,11 @@ class Transcript:
     schema_version: str = RESULT_SCHEMA_VERSION
     no_speech: bool = False  # the audio was valid but held no speech: empty text, no segments
     cost: Cost | None = None  # absent in 1.0 documents and where nobody measured
+    captions: tuple[Cue, ...] | None = None  # built in the container while word timings exist
+    redaction: Redaction | None = None
+    # redact_output=both only: the transcript before redaction, which the completion Lambda
+    # writes to <base>.unredacted.<fmt> (never inside the redacted files).
+    unredacted: "Transcript | None" = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,10 +154,17 @@ class Transcript:
                 seg.pop("words")
             elif seg["words"] is None:
                 seg["words"] = []
-        for optional in ("source", "cost"):
-            if data[optional] is None:
-                data.pop(optional)
+        for name in ("source", "cost", "captions", "redaction", "unredacted"):
+            if getattr(self, name) is None:
+                data.pop(name)
+        if self.unredacted is not None:
+            data["unredacted"] = self.unredacted.to_dict()
         return data
+
+    def without_words(self) -> "Transcript":
+        """The same transcript with no word timings (they were needed only inside)."""
+        return replace(self, segments=tuple(replace(s, words=None) for s in self.segments),
+                       unredacted=None if self.unredacted is None else self.unredacted.without_words())
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=indent)
@@ -142,11 +181,16 @@ class Transcript:
                 words=None if s.get("words") is None else tuple(
                     Word(start=float(w["start"]), end=float(w["end"]), word=str(w["word"]),
                          probability=float(w["probability"])) for w in s["words"]),
+                confidence=None if s.get("confidence") is None else float(s["confidence"]),
+                low_confidence=bool(s.get("low_confidence", False)),
             )
             for s in data["segments"]
         )
         source = data.get("source")
         cost = data.get("cost")
+        captions = data.get("captions")
+        redaction = data.get("redaction")
+        unredacted = data.get("unredacted")
         return cls(
             text=str(data["text"]),
             language=str(data["language"]),
@@ -160,6 +204,13 @@ class Transcript:
             schema_version=str(data.get("schema_version", RESULT_SCHEMA_VERSION)),
             no_speech=bool(data.get("no_speech", False)),
             cost=_known_fields(Cost, cost) if isinstance(cost, dict) else None,
+            captions=None if captions is None else tuple(
+                Cue(start=float(c["start"]), end=float(c["end"]), lines=tuple(str(x) for x in c["lines"]),
+                    low_confidence=bool(c.get("low_confidence", False))) for c in captions),
+            redaction=None if redaction is None else Redaction(
+                types=tuple(str(x) for x in redaction.get("types", ())),
+                spans=tuple(_known_fields(RedactedSpan, sp) for sp in redaction.get("spans", ()))),
+            unredacted=None if unredacted is None else cls.from_dict(unredacted),
         )
 
     @classmethod

@@ -28,6 +28,7 @@ from whisper_contract import CONTENT_TYPES, ErrorCode, ErrorRecord, RequestOptio
 from whisper_contract.formats import render
 from whisper_contract.jobs import COMPLETED, FAILED, SUBMITTED, SUPERSEDED, JobRecord, utc_now
 from whisper_contract.keys import error_key, output_keys, parse_s3_uri, plain_etag
+from whisper_contract.postprocess import copies
 from whisper_contract.prices import priced
 from whisper_lambdas.common import OutputStore, handle_batch, is_forbidden, is_missing, logger, unwrap_sns
 
@@ -106,8 +107,10 @@ class Completer:
             # The container measured; the queue wait and the dollars are known only here.
             cost=None if transcript.cost is None else priced(transcript.cost, job.submitted_at),
         )
-        files = {key: (render(transcript, fmt), CONTENT_TYPES[fmt])
-                 for fmt, key in output_keys(job.input_key, formats).items()}
+        # redact_output=both: the unredacted copy too, under its own names (keys.output_keys).
+        files = {key: (render(copy, fmt), CONTENT_TYPES[fmt])
+                 for variant, copy in copies(transcript).items()
+                 for fmt, key in output_keys(job.input_key, formats, variant).items()}
         written = self.store.publish(job, files, index_etag, record=job_etag is not None)
         self.store.save_job(job.advance(COMPLETED, completed_at=completed_at, result_keys=written,
                                         cost=transcript.cost), if_match=job_etag)

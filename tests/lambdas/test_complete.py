@@ -9,7 +9,8 @@ import boto3
 import pytest
 
 import whisper_lambdas.complete.handler as complete
-from whisper_contract import ErrorRecord, ModelInfo, Segment, Timings, Transcript, Word
+from whisper_lambdas.common import OutputStore
+from whisper_contract import ErrorRecord, ModelInfo, RequestOptions, Segment, Timings, Transcript, Word
 from whisper_contract.jobs import JobRecord
 from whisper_contract.keys import inference_id, job_key
 
@@ -97,24 +98,61 @@ def test_writes_every_format_with_source_and_timings(aws):
 
     assert aws.output(f"{key}.txt").decode() == "Hello world.\nA long second line, über eine Stunde.\n"
 
+    # The hour-long second segment has no word timings: its words are spread over its time
+    # and no cue lasts longer than max_cue_s (7 s by default; whisper_contract.captions).
     srt = aws.output(f"{key}.srt").decode().strip().split("\n\n")
-    assert len(srt) == 2  # the blank segment is not a cue
+    assert len(srt) == 1 + len(" A long second line, über eine Stunde.".split())  # the blank segment is no cue
     for number, block in enumerate(srt, start=1):
         index, timing, text = block.split("\n")
         assert index == str(number) and text.strip()
         start, end = re.fullmatch(f"{SRT_TIME} --> {SRT_TIME}", timing).groups()[:4], \
             re.fullmatch(f"{SRT_TIME} --> {SRT_TIME}", timing).groups()[4:]
-        assert _seconds(start) <= _seconds(end)
-    assert srt[1].split("\n")[1] == "00:00:00,900 --> 01:01:01,250"
+        assert _seconds(start) <= _seconds(end) <= _seconds(start) + 7
+    assert srt[1].split("\n")[1] == "00:00:00,900 --> 00:00:07,900"
+    assert srt[-1].split("\n")[1] == "00:47:14,719 --> 00:47:21,719"  # "Stunde." by its share of characters
+    assert " ".join(block.split("\n")[2] for block in srt[1:]) == "A long second line, über eine Stunde."
 
     vtt = aws.output(f"{key}.vtt").decode()
     assert vtt.startswith("WEBVTT\n\n")
     cues = vtt.strip().split("\n\n")[1:]
-    assert [c.split("\n")[0] for c in cues] == ["00:00:00.000 --> 00:00:00.900", "00:00:00.900 --> 01:01:01.250"]
+    assert [c.split("\n")[0] for c in cues[:2]] == ["00:00:00.000 --> 00:00:00.900", "00:00:00.900 --> 00:00:07.900"]
     assert all(re.fullmatch(f"{VTT_TIME} --> {VTT_TIME}", c.split("\n")[0]) for c in cues)
 
     record = JobRecord.from_json(aws.output(job_key(job.inference_id)))
     assert record.state == "completed" and len(record.result_keys) == 4
+
+
+def _pii_transcript(**options: str) -> bytes:
+    """What the container returns for a call-back message with redaction options (issue 17)."""
+    from whisper_contract.postprocess import finish
+
+    words = (Word(0.0, 0.5, " Call", 0.9), Word(0.5, 1.0, " 555-234-5678.", 0.9))
+    seg = Segment(0, 0.0, 1.0, " Call 555-234-5678.", -0.2, 0.01, words)
+    request = RequestOptions.from_pairs({"formats": "json,txt,srt,vtt", **options})
+    t = Transcript(text="Call 555-234-5678.", language="en", language_probability=1.0, duration=1.0, segments=(seg,),
+                   model=ModelInfo("base", "faster-whisper", "x"), timings=Timings(processing_seconds=1.0),
+                   options=request.to_dict())
+    return finish(t, request).to_json().encode()
+
+
+def test_redact_output_both_writes_an_unredacted_copy_that_a_later_redacted_job_removes(aws):
+    key = "calls/a.flac"
+    job = submitted_job(aws, key, output=_pii_transcript(redact="pii", redact_output="both"))
+    assert complete.handler(aws.event(success(job)), None) == {"batchItemFailures": []}
+    mine = sorted(k for k in aws.output_keys() if k.startswith(key))
+    assert mine == sorted([f"{key}.{f}" for f in ("json", "txt", "srt", "vtt")]
+                          + [f"{key}.unredacted.{f}" for f in ("json", "txt", "srt", "vtt")])
+    for fmt in ("json", "txt", "srt", "vtt"):
+        assert "555-234-5678" in aws.output(f"{key}.unredacted.{fmt}").decode()
+        redacted = aws.output(f"{key}.{fmt}").decode()
+        assert "555" not in redacted and "[PII:PHONE]" in redacted, fmt
+    assert JobRecord.from_json(aws.output(job_key(job.inference_id))).result_keys == tuple(
+        [f"{key}.{f}" for f in ("json", "txt", "srt", "vtt")] + [f"{key}.unredacted.{f}" for f in ("json", "txt", "srt", "vtt")])
+
+    again = submitted_job(aws, key, body=b"fLaC... take 2", output=_pii_transcript(redact="pii"))
+    OutputStore(aws.s3, aws.output_bucket).claim(again)  # what the trigger does for the new upload
+    assert complete.handler(aws.event(success(again)), None) == {"batchItemFailures": []}
+    assert sorted(k for k in aws.output_keys() if k.startswith(key)) == sorted(f"{key}.{f}" for f in ("json", "txt", "srt", "vtt"))
 
 
 def test_only_the_requested_formats_are_written(aws):

@@ -130,10 +130,11 @@ def test_srt_and_vtt_timestamps_cross_the_hour() -> None:
     t = _transcript()
     srt = render(t, "srt")
     assert srt.startswith("1\n00:00:00,000 --> 00:00:01,000\nHello world.\n")
-    assert "2\n01:01:01,250 --> 01:02:05,500\nAgain.\n" in srt
+    # the one-word, 64 s segment is shown for max_cue_s (7 s by default, issue 17)
+    assert "2\n01:01:01,250 --> 01:01:08,250\nAgain.\n" in srt
     vtt = render(t, "vtt")
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nHello world.\n")
-    assert "01:01:01.250 --> 01:02:05.500" in vtt
+    assert "01:01:01.250 --> 01:01:08.250" in vtt
     assert render(t, "txt") == "Hello world.\nAgain.\n"
     with pytest.raises(ValueError):
         render(t, "docx")

@@ -17,7 +17,8 @@ def _seconds(h: str, m: str, s: str, ms: str) -> float:
 
 
 def cues(body: str, fmt: str) -> list[tuple[float, float, str]]:
-    """Parse SRT/VTT strictly: every block is (index,) timing, one line of text."""
+    """Parse SRT/VTT strictly: every block is (index,) timing, one or two lines of text
+    (the default caption rules), returned joined by a space."""
     blocks = body.strip("\n").split("\n\n")
     if fmt == "vtt":
         assert blocks[0] == "WEBVTT"
@@ -29,9 +30,9 @@ def cues(body: str, fmt: str) -> list[tuple[float, float, str]]:
             assert lines.pop(0) == str(i + 1), block
         match = CUE_TIME.match(lines[0])
         assert match, block
-        assert len(lines) == 2 and lines[1].strip(), block
-        assert "-->" not in lines[1]
-        out.append((_seconds(*match.groups()[:4]), _seconds(*match.groups()[4:]), lines[1]))
+        assert 2 <= len(lines) <= 3 and all(line.strip() for line in lines[1:]), block
+        assert not any("-->" in line for line in lines[1:])
+        out.append((_seconds(*match.groups()[:4]), _seconds(*match.groups()[4:]), " ".join(lines[1:])))
     return out
 
 

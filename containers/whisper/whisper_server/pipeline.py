@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
+from whisper_contract.postprocess import finish
 from whisper_server import audio, vad
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
 from whisper_server.decoding import is_silence
@@ -206,6 +207,10 @@ def validate(options: RequestOptions, backend: Backend) -> None:
         raise ContractError(ErrorCode.BAD_OPTION,
                             f"word_timestamps is not available with the {backend.info.backend} backend; "
                             "use the faster-whisper or torch backend")
+    if options.redact != "none" and not caps.word_timestamps:
+        raise ContractError(ErrorCode.BAD_OPTION,
+                            f"redact needs word timings, which the {backend.info.backend} backend cannot give; "
+                            "use the faster-whisper or torch backend")
     if not caps.multilingual:
         if options.language not in (None, "en"):
             raise ContractError(ErrorCode.BAD_OPTION,
@@ -359,15 +364,15 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
     if batch:
         flush()
 
-    segments = [replace(seg, id=i, words=seg.words if options.word_timestamps else None)
-                for i, seg in enumerate(merge(segments))]
+    segments = [replace(seg, id=i) for i, seg in enumerate(merge(segments))]
     duration = round(budget.samples / SAMPLE_RATE, 3)
     text = "".join(s.text for s in segments).strip()
     if not text:
         # No speech is an answer, not an error (as Amazon Transcribe and OpenAI's API do): a
         # batch of silent voicemails must not fill the error alarms.
         segments = []
-    return Transcript(
+    # confidence, redaction and captions need the word timings; finish drops them unless asked for
+    return finish(Transcript(
         text=text,
         no_speech=not text,
         language=language or "en",
@@ -378,4 +383,4 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
         timings=Timings(processing_seconds=round(time.perf_counter() - started, 3),
                         decode_seconds=round(decode_seconds, 3)),
         options=options.to_dict(),
-    )
+    ), options)

@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from whisper_contract import CONTENT_TYPES, ContractError, ErrorCode, RequestOptions, Transcript, render
-from whisper_contract.options import FORMATS, LANGUAGES, TASKS
+from whisper_contract.options import FORMATS, LANGUAGES, OPTION_ALIASES, OPTION_NAMES, TASKS
 from whisper_server.backends import Backend, DecodeOptions, load_backend
 from whisper_server.backends.base import SAMPLE_RATE
 from whisper_server.metering import Meter
@@ -54,9 +54,10 @@ EXIT_SLACK_S = 2.0
 SPOOL_PREFIX = "whisper-"
 # Option values safe to log as they are (enumerations); anything else is logged as its size.
 _LOGGABLE_VALUES = {"language": LANGUAGES | {"auto", ""}, "task": set(TASKS), "vad": None,
-                    "word_timestamps": None, "beam_size": None}
-_KNOWN_OPTIONS = {"language", "task", "formats", "format", "output", "word_timestamps", "vad", "beam_size",
-                  "initial_prompt", "hotwords"}
+                    "word_timestamps": None, "beam_size": None, "redact": None, "redact_output": None,
+                    "max_line_chars": None, "max_lines": None, "max_cue_s": None, "min_gap_ms": None,
+                    "confidence_threshold": None}
+_KNOWN_OPTIONS = set(OPTION_NAMES) | set(OPTION_ALIASES)
 
 
 class ClientGone(Exception):
