@@ -36,7 +36,14 @@ def _cue_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _cues(segments: tuple[Segment, ...]) -> list[tuple[float, float, str]]:
+def labelled(seg: Segment, text: str, vtt: bool = False) -> str:
+    """``text`` with the segment's speaker: ``[S1] text``, or WebVTT's voice span ``<v S1>text``."""
+    if seg.speaker is None:
+        return text
+    return f"<v {seg.speaker}>{text}" if vtt else f"[{seg.speaker}] {text}"
+
+
+def _cues(segments: tuple[Segment, ...], vtt: bool = False) -> list[tuple[float, float, str]]:
     """Subtitle cues in time order: non-empty text, each at least MIN_CUE_S long (times in
     whole milliseconds, as written), none starting before the previous one ends."""
     cues: list[tuple[float, float, str]] = []
@@ -44,6 +51,7 @@ def _cues(segments: tuple[Segment, ...]) -> list[tuple[float, float, str]]:
         text = _cue_text(seg.text)
         if not text:
             continue
+        text = labelled(seg, text, vtt)
         start = round(max(seg.start, cues[-1][1] if cues else 0.0), 3)
         end = round(max(seg.end, start + MIN_CUE_S), 3)
         cues.append((start, end, text))
@@ -55,7 +63,7 @@ def to_json(t: Transcript) -> str:
 
 
 def to_txt(t: Transcript) -> str:
-    return "\n".join(s.text.strip() for s in t.segments if s.text.strip()) + "\n"
+    return "\n".join(labelled(s, s.text.strip()) for s in t.segments if s.text.strip()) + "\n"
 
 
 def to_srt(t: Transcript) -> str:
@@ -69,7 +77,7 @@ def to_srt(t: Transcript) -> str:
 def to_vtt(t: Transcript) -> str:
     blocks = ["WEBVTT\n"]
     blocks += [f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n"
-               for start, end, text in _cues(t.segments)]
+               for start, end, text in _cues(t.segments, vtt=True)]
     return "\n".join(blocks)
 
 

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-RESULT_SCHEMA_VERSION = "1.0"
+# 1.1: optional ``speaker`` and ``channel`` on segments and words (issue 17).
+RESULT_SCHEMA_VERSION = "1.1"
 
 
 def _known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
@@ -21,12 +22,23 @@ def _known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+_LABELS = ("speaker", "channel")
+
+
+def _labels(block: dict[str, Any]) -> dict[str, Any]:
+    """The optional speaker/channel labels of a segment or word block (1.1), typed."""
+    speaker, channel = block.get("speaker"), block.get("channel")
+    return {"speaker": None if speaker is None else str(speaker), "channel": None if channel is None else int(channel)}
+
+
 @dataclass(frozen=True)
 class Word:
     start: float
     end: float
     word: str
     probability: float
+    speaker: str | None = None  # "S1", "S2"... (speakers=) or "CH0", "CH1"... (channels=separate)
+    channel: int | None = None  # channels=separate: the channel the word was heard on
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,8 @@ class Segment:
     avg_logprob: float
     no_speech_prob: float
     words: tuple[Word, ...] | None = None
+    speaker: str | None = None
+    channel: int | None = None
 
     def shifted(self, offset: float, new_id: int) -> "Segment":
         """The same segment placed ``offset`` seconds later (chunk-relative to file-global)."""
@@ -103,6 +117,11 @@ class Transcript:
                 seg.pop("words")
             elif seg["words"] is None:
                 seg["words"] = []
+            # Labels appear only when asked for, so a 1.0 reader's documents stay as they were.
+            for block in (seg, *(seg.get("words") or ())):
+                for name in _LABELS:
+                    if block[name] is None:
+                        block.pop(name)
         if self.source is None:
             data.pop("source")
         return data
@@ -121,7 +140,8 @@ class Transcript:
                 avg_logprob=float(s["avg_logprob"]), no_speech_prob=float(s["no_speech_prob"]),
                 words=None if s.get("words") is None else tuple(
                     Word(start=float(w["start"]), end=float(w["end"]), word=str(w["word"]),
-                         probability=float(w["probability"])) for w in s["words"]),
+                         probability=float(w["probability"]), **_labels(w)) for w in s["words"]),
+                **_labels(s),
             )
             for s in data["segments"]
         )
