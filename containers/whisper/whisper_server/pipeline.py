@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
-from whisper_server import audio, vad
+from whisper_server import audio, diarize, vad
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
 from whisper_server.decoding import is_silence
 from whisper_server.settings import Settings
@@ -299,7 +299,9 @@ class _Budget:
 
 
 def transcribe_file(path: Path, options: RequestOptions, backend: Backend, settings: Settings, *,
-                    deadline: float | None = None, cancel: threading.Event | None = None) -> Transcript:
+                    deadline: float | None = None, cancel: threading.Event | None = None,
+                    channel: int | None = None) -> Transcript:
+    """``channel``: that channel alone (channels=separate transcribes each this way)."""
     started = time.perf_counter()
     validate(options, backend)
     info = audio.probe(path)
@@ -307,8 +309,12 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
         raise ContractError(ErrorCode.INPUT_TOO_LONG,
                             f"the audio lasts {info.declared_duration:.0f} s; at most "
                             f"{settings.max_audio_s:.0f} s are allowed")
+    if options.channels == "separate" and channel is None:
+        return diarize.merge_channels([
+            transcribe_file(path, options, backend, settings, deadline=deadline, cancel=cancel, channel=c)
+            for c in range(max(info.channels, 1))])
     budget = _Budget(settings, deadline, cancel)
-    blocks = budget.count(audio.iter_blocks(path))
+    blocks = budget.count(audio.iter_blocks(path, channel=channel))
     chunks = vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks)
 
     language, language_probability = options.language, 1.0
@@ -316,6 +322,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
     decode_seconds = 0.0
     segments: list[Segment] = []
     batch: list[Chunk] = []
+    speech: list[tuple[int, int]] = []  # the VAD's regions (first sample, length), for diarization
 
     def decode_batch(todo: list[Chunk], retry: bool) -> None:
         nonlocal decode_seconds
@@ -354,13 +361,17 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                                    word_timestamps=backend.capabilities.word_timestamps,
                                    initial_prompt=options.initial_prompt, hotwords=options.hotwords)
         batch.append(chunk)
+        speech += [(start, length) for _, start, length in chunk.pieces]
         if len(batch) >= settings.batch_size:
             flush()
     if batch:
         flush()
 
+    segments = merge(segments)
+    if options.speakers is not None:
+        segments = diarize.diarize(path, segments, speech, options, channel=channel, check=budget.check)
     segments = [replace(seg, id=i, words=seg.words if options.word_timestamps else None)
-                for i, seg in enumerate(merge(segments))]
+                for i, seg in enumerate(segments)]
     duration = round(budget.samples / SAMPLE_RATE, 3)
     text = "".join(s.text for s in segments).strip()
     if not text:
