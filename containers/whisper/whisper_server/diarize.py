@@ -123,8 +123,9 @@ def embed_windows(blocks: Iterator[np.ndarray], starts: np.ndarray, embedder: Em
     for block in blocks:
         buffer = np.concatenate([buffer, block]) if len(buffer) else block
         take(end_of_audio=False)
-        keep = (int(starts[i]) if i < len(starts) else offset + len(buffer)) - offset
-        buffer, offset = buffer[max(keep, 0):], offset + max(keep, 0)
+        # Drop what no window still needs (at most the whole buffer: the next may start later).
+        drop = min((int(starts[i]) if i < len(starts) else offset + len(buffer)) - offset, len(buffer))
+        buffer, offset = buffer[drop:], offset + drop
     take(end_of_audio=True)
     flush()
     return np.concatenate(done) if done else np.zeros((0, 0), dtype=np.float32)
@@ -200,9 +201,12 @@ def cluster(embeddings: np.ndarray, lo: int, hi: int, auto: bool, threshold: flo
     wanted = max(min(lo, len(clusters)), int((counts >= MIN_SPEAKER_WINDOWS).sum()))
     speakers = clusters[np.sort(order[:min(wanted, hi)])]
     centroids = _unit(np.stack([embeddings[label == c].sum(axis=0) for c in speakers]))
-    # Windows of the clusters too small to be speakers go to the closest speaker.
-    nearest = np.where(np.isin(label, speakers), np.searchsorted(speakers, label).clip(0, len(speakers) - 1),
-                       np.argmax(embeddings @ centroids.T, axis=1))
+    # Every window goes to the closest speaker: this places the windows of clusters too small
+    # to be speakers, and windows that were clustered in a group across a change of speaker.
+    nearest = np.argmax(embeddings @ centroids.T, axis=1)
+    if len(np.unique(nearest)) < len(speakers):  # a speaker lost every window: keep the clusters
+        nearest = np.where(np.isin(label, speakers), np.searchsorted(speakers, label).clip(0, len(speakers) - 1),
+                           nearest)
     _, first = np.unique(nearest, return_index=True)
     rank = {int(nearest[f]): r for r, f in enumerate(sorted(first))}
     return np.array([rank[int(c)] for c in nearest], dtype=np.int64)
