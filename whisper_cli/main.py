@@ -34,7 +34,8 @@ def _options(args: argparse.Namespace) -> tuple[RequestOptions, frozenset[str]]:
     """The options, and the names of those the user gave: they travel even where they equal
     RequestOptions' defaults, so the deployment's DEFAULT_OPTIONS cannot replace them."""
     pairs = {}
-    for name in ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords"):
+    for name in ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords",
+                 "channels", "speakers", "min_speakers", "max_speakers"):
         value = getattr(args, name, None)
         if value is not None:
             pairs[name] = str(value)
@@ -195,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hotwords")
     p.add_argument("--word-timestamps", action="store_true")
     p.add_argument("--no-vad", action="store_true")
+    p.add_argument("--channels", choices=("mix", "separate"), help="separate: one transcript per channel, CH0, CH1...")
+    p.add_argument("--speakers", help="none, auto or a number 1-30: label speakers S1, S2...")
+    p.add_argument("--min-speakers", dest="min_speakers", type=int, help="with --speakers auto")
+    p.add_argument("--max-speakers", dest="max_speakers", type=int, help="with --speakers auto")
     p.add_argument("--wait", action="store_true", help="then wait for every result")
     p.add_argument("--out", help="with --wait: download results here")
     p.add_argument("--timeout", type=float, default=3600)

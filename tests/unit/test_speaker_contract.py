@@ -99,3 +99,16 @@ def test_every_text_format_names_the_speaker() -> None:
     vtt = render(t, "vtt")
     # WebVTT's voice span; the speech's own "<" stays escaped so it cannot open a tag.
     assert "\n<v S1>Hello.\n" in vtt and "\n<v S2>Hi &lt;there&gt;.\n" in vtt
+
+
+def test_cli_flags_travel_as_options() -> None:
+    from whisper_cli import main
+
+    args = main.build_parser().parse_args(["submit", "a.wav", "--speakers", "auto", "--max-speakers", "4"])
+    opts, explicit = main._options(args)
+    assert (opts.speakers, opts.max_speakers) == ("auto", 4)
+    assert {"speakers", "max_speakers"} <= explicit
+    args = main.build_parser().parse_args(["submit", "a.wav", "--channels", "separate"])
+    assert main._options(args)[0].channels == "separate"
+    with pytest.raises(ContractError, match="from 1 to 30"):
+        main._options(main.build_parser().parse_args(["submit", "a.wav", "--speakers", "40"]))
