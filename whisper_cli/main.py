@@ -33,17 +33,18 @@ STYLE = {"uploaded": "dim", "pending": "yellow", "submitted": "cyan", "completed
          "superseded": "magenta"}
 
 
-# Redaction, captions and confidence (README "Redaction, captions and confidence"): each is
-# --<name with dashes> VALUE and travels as the option of that name.
-ISSUE17_OPTIONS = ("redact", "redact_types", "redact_output", "max_line_chars", "max_lines", "max_cue_s",
-                   "min_gap_ms", "confidence_threshold")
+# Options given as --<name with dashes> VALUE, each travelling as the option of that name
+# (README "Redaction, captions and confidence", "Speakers and channels").
+VALUE_OPTIONS = ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords",
+                 "redact", "redact_types", "redact_output", "max_line_chars", "max_lines", "max_cue_s",
+                 "min_gap_ms", "confidence_threshold", "channels", "speakers", "min_speakers", "max_speakers")
 
 
 def _options(args: argparse.Namespace) -> tuple[RequestOptions, frozenset[str]]:
     """The options, and the names of those the user gave: they travel even where they equal
     RequestOptions' defaults, so the deployment's DEFAULT_OPTIONS cannot replace them."""
     pairs = {}
-    for name in ("language", "task", "formats", "beam_size", "initial_prompt", "hotwords", *ISSUE17_OPTIONS):
+    for name in VALUE_OPTIONS:
         value = getattr(args, name, None)
         if value is not None:
             pairs[name] = str(value)
@@ -235,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("max_line_chars", int), ("max_lines", int), ("max_cue_s", float), ("min_gap_ms", int),
                        ("confidence_threshold", float)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help="caption rule / confidence flag")
+    p.add_argument("--channels", choices=("mix", "separate"), help="separate: one transcript per channel, CH0, CH1...")
+    p.add_argument("--speakers", help="none, auto or a number 1-30: label speakers S1, S2...")
+    p.add_argument("--min-speakers", dest="min_speakers", type=int, help="with --speakers auto")
+    p.add_argument("--max-speakers", dest="max_speakers", type=int, help="with --speakers auto")
     p.add_argument("--wait", action="store_true", help="then wait for every result")
     p.add_argument("--out", help="with --wait: download results here")
     p.add_argument("--timeout", type=float, default=3600)

@@ -109,7 +109,7 @@ def _tokens(words: Iterable[Word]) -> list[tuple[Word, str]]:
     return out
 
 
-def _split(words: Iterable[Word], rules: CaptionRules, low: bool) -> list[tuple[float, float, list[str]]]:
+def _split(words: Iterable[Word], rules: CaptionRules, reserved: int) -> list[tuple[float, float, list[str]]]:
     """One segment's words -> (start, end, lines), greedily: a word goes on the current line
     if it fits, else on a new line if the cue has room, else it starts a new cue; it also
     starts a new cue when the cue would last longer than max_cue_s."""
@@ -118,7 +118,7 @@ def _split(words: Iterable[Word], rules: CaptionRules, low: bool) -> list[tuple[
         text = word.word
         if cues:
             start, _, lines = cues[-1]
-            width = rules.max_line_chars - (len(LOW_CONFIDENCE_MARK) if low and len(lines) == 1 else 0)
+            width = rules.max_line_chars - (reserved if len(lines) == 1 else 0)
             if word.end - start <= rules.max_cue_s:
                 if len(lines[-1]) + len(joiner) + len(text) <= width:
                     lines[-1] += joiner + text
@@ -139,7 +139,11 @@ def build(segments: Iterable[Segment], rules: CaptionRules = CaptionRules()) -> 
     gap = rules.min_gap_ms / 1000
     out: list[Cue] = []
     for seg in sorted(segments, key=lambda s: s.start):
-        for start, end, lines in _split(segment_words(seg), rules, seg.low_confidence):
+        # The first line leaves room for what the writers put before it: the low-confidence
+        # mark and the speaker label ("[S1] ").
+        reserved = (len(LOW_CONFIDENCE_MARK) if seg.low_confidence else 0) + (
+            len(seg.speaker) + 3 if seg.speaker is not None else 0)
+        for start, end, lines in _split(segment_words(seg), rules, reserved):
             if out:
                 prev = out[-1]
                 if start < prev.end + gap and start - gap >= prev.start + MIN_CUE_S:
@@ -148,5 +152,6 @@ def build(segments: Iterable[Segment], rules: CaptionRules = CaptionRules()) -> 
             start = round(max(start, 0.0), 3)
             longest = math.floor(round((start + rules.max_cue_s) * 1000, 6)) / 1000  # whole ms, not past the limit
             end = min(round(max(end, start + MIN_CUE_S), 3), longest)
-            out.append(Cue(start=start, end=end, lines=tuple(lines), low_confidence=seg.low_confidence))
+            out.append(Cue(start=start, end=end, lines=tuple(lines), low_confidence=seg.low_confidence,
+                           speaker=seg.speaker))
     return tuple(out)

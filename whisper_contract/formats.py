@@ -6,7 +6,7 @@ from typing import Callable
 
 from whisper_contract import captions
 from whisper_contract.captions import MIN_CUE_S  # noqa: F401  (re-exported: tests and writers share it)
-from whisper_contract.result import Cue, Transcript
+from whisper_contract.result import Cue, Segment, Transcript
 
 CONTENT_TYPES = {
     "json": "application/json; charset=utf-8",
@@ -33,6 +33,15 @@ def _cue_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def labelled(seg: Segment, text: str) -> str:
+    """A TXT line with the segment's speaker: ``[S1] text``."""
+    return text if seg.speaker is None else f"{speaker_prefix(seg.speaker)}{text}"
+
+
+def speaker_prefix(speaker: str) -> str:
+    return f"[{speaker}] "
+
+
 def _cues(t: Transcript) -> tuple[Cue, ...]:
     """The container's cues (built while word timings existed); for a transcript without
     them, the same rules over its segments (whisper_contract.captions)."""
@@ -46,7 +55,7 @@ def to_json(t: Transcript) -> str:
 
 
 def to_txt(t: Transcript) -> str:
-    return "\n".join(s.text.strip() for s in t.segments if s.text.strip()) + "\n"
+    return "\n".join(labelled(s, s.text.strip()) for s in t.segments if s.text.strip()) + "\n"
 
 
 def _lines(cue: Cue, mark: str = "") -> str:
@@ -55,10 +64,14 @@ def _lines(cue: Cue, mark: str = "") -> str:
     return "\n".join(lines)
 
 
+def _srt_speaker(cue: Cue) -> str:
+    return "" if cue.speaker is None else speaker_prefix(_cue_text(cue.speaker))
+
+
 def to_srt(t: Transcript) -> str:
     blocks = [
         f"{i}\n{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}\n"
-        f"{_lines(cue, captions.LOW_CONFIDENCE_MARK if cue.low_confidence else '')}\n"
+        f"{_lines(cue, (captions.LOW_CONFIDENCE_MARK if cue.low_confidence else '') + _srt_speaker(cue))}\n"
         for i, cue in enumerate(_cues(t), start=1)
     ]
     return "\n".join(blocks)
@@ -71,7 +84,9 @@ def to_vtt(t: Transcript) -> str:
     for cue in _cues(t):
         if cue.low_confidence:
             blocks.append(note)  # a NOTE block may stand between cues (W3C WebVTT, "WebVTT comment")
-        blocks.append(f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n{_lines(cue)}\n")
+        # The speaker as WebVTT's voice span (W3C WebVTT, "WebVTT cue voice span"); it may stay open.
+        voice = "" if cue.speaker is None else f"<v {_cue_text(cue.speaker)}>"
+        blocks.append(f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n{_lines(cue, voice)}\n")
     return "\n".join(blocks)
 
 

@@ -42,7 +42,10 @@ LANGUAGES = frozenset(
 OPTION_ALIASES = {"format": "formats", "output": "formats"}
 OPTION_NAMES = ("language", "task", "formats", "word_timestamps", "vad", "beam_size", "initial_prompt", "hotwords",
                 "redact", "redact_types", "redact_output", "max_line_chars", "max_lines", "max_cue_s", "min_gap_ms",
-                "confidence_threshold")
+                "confidence_threshold", "channels", "speakers", "min_speakers", "max_speakers")
+# Speakers and channels (issue 17): Amazon Transcribe's limits, so users can switch over.
+CHANNEL_MODES = ("mix", "separate")
+MAX_SPEAKERS = 30
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -55,6 +58,13 @@ def _parse_bool(key: str, value: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ContractError(ErrorCode.BAD_OPTION, f"option {key!r} must be true or false, got {value!r}")
+
+
+def _parse_int(key: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ContractError(ErrorCode.BAD_OPTION, f"{key} must be an integer, got {value!r}") from None
 
 
 def option_name(raw_key: str) -> str:
@@ -106,6 +116,11 @@ class RequestOptions:
     max_cue_s: float = CaptionRules.max_cue_s
     min_gap_ms: int = CaptionRules.min_gap_ms
     confidence_threshold: float = 0.5  # segments below it are flagged low_confidence
+    # Speakers and channels (README "Speakers and channels").
+    channels: str = "mix"  # separate: each channel transcribed on its own, labelled CH0, CH1...
+    speakers: int | str | None = None  # None: no labels; "auto": as many as found; N: exactly N
+    min_speakers: int | None = None  # bounds for speakers=auto
+    max_speakers: int | None = None
 
     def __post_init__(self) -> None:
         if self.language is not None and self.language not in LANGUAGES:
@@ -143,6 +158,7 @@ class RequestOptions:
             value = getattr(self, name)
             if not low <= value <= high:  # also false for NaN
                 raise ContractError(ErrorCode.BAD_OPTION, f"{name} must be between {low:g} and {high:g}, got {value}")
+        self._verify_speakers()
 
     @property
     def pii_types(self) -> tuple[str, ...]:
@@ -153,6 +169,40 @@ class RequestOptions:
     def caption_rules(self) -> CaptionRules:
         return CaptionRules(max_line_chars=self.max_line_chars, max_lines=self.max_lines,
                             max_cue_s=self.max_cue_s, min_gap_ms=self.min_gap_ms)
+
+    def _verify_speakers(self) -> None:
+        if self.channels not in CHANNEL_MODES:
+            raise ContractError(ErrorCode.BAD_OPTION, f"channels must be one of {CHANNEL_MODES}, got {self.channels!r}")
+        if self.speakers is not None and self.speakers != "auto":
+            if not isinstance(self.speakers, int) or not 1 <= self.speakers <= MAX_SPEAKERS:
+                raise ContractError(ErrorCode.BAD_OPTION,
+                                    f"speakers must be none, auto or a number from 1 to {MAX_SPEAKERS}, "
+                                    f"got {self.speakers!r}")
+        for name in ("min_speakers", "max_speakers"):
+            bound = getattr(self, name)
+            if bound is None:
+                continue
+            if self.speakers != "auto":
+                raise ContractError(ErrorCode.BAD_OPTION, f"{name} applies to speakers=auto only")
+            if not 1 <= bound <= MAX_SPEAKERS:
+                raise ContractError(ErrorCode.BAD_OPTION, f"{name} must be between 1 and {MAX_SPEAKERS}, got {bound}")
+        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
+            raise ContractError(ErrorCode.BAD_OPTION,
+                                f"min_speakers ({self.min_speakers}) is greater than max_speakers ({self.max_speakers})")
+        if self.speakers is not None and self.channels == "separate":
+            # Each channel is one speaker (a call's agent and customer); mixing both rules
+            # would give two answers to "who spoke".
+            raise ContractError(ErrorCode.BAD_OPTION, "speakers and channels=separate exclude each other: "
+                                "with channels=separate each channel is a speaker")
+        if self.speakers is not None and not self.vad:
+            raise ContractError(ErrorCode.BAD_OPTION, "speakers needs vad=true: the speech regions come from the VAD")
+
+    @property
+    def speaker_range(self) -> tuple[int, int]:
+        """How many speakers diarization may find: N..N for a number, the bounds for auto."""
+        if isinstance(self.speakers, int):
+            return self.speakers, self.speakers
+        return self.min_speakers or 1, self.max_speakers or MAX_SPEAKERS
 
     # --- wire format -------------------------------------------------------------------
     @classmethod
@@ -189,16 +239,18 @@ class RequestOptions:
                 kwargs[key] = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
             elif key in ("word_timestamps", "vad"):
                 kwargs[key] = _parse_bool(key, value)
-            elif key in ("beam_size", "max_line_chars", "max_lines", "min_gap_ms"):
-                try:
-                    kwargs[key] = int(value)
-                except ValueError:
-                    raise ContractError(ErrorCode.BAD_OPTION, f"{key} must be an integer, got {value!r}") from None
+            elif key in ("beam_size", "max_line_chars", "max_lines", "min_gap_ms", "min_speakers", "max_speakers"):
+                kwargs[key] = _parse_int(key, value)
             elif key in ("max_cue_s", "confidence_threshold"):
                 try:
                     kwargs[key] = float(value)
                 except ValueError:
                     raise ContractError(ErrorCode.BAD_OPTION, f"{key} must be a number, got {value!r}") from None
+            elif key == "channels":
+                kwargs[key] = value.strip().lower()
+            elif key == "speakers":
+                word = value.strip().lower()
+                kwargs[key] = None if word in ("", "none") else word if word == "auto" else _parse_int(key, word)
             else:  # initial_prompt, hotwords (canonical_pairs let nothing else through)
                 kwargs[key] = value or None
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-RESULT_SCHEMA_VERSION = "1.1"  # 1.1: optional cost, confidence, captions, redaction (and speakers)
+RESULT_SCHEMA_VERSION = "1.1"  # 1.1: optional cost, confidence, captions, redaction, speaker/channel labels
 
 
 def _known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
@@ -21,12 +21,23 @@ def _known_fields(cls: type[_T], data: dict[str, Any]) -> _T:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+_LABELS = ("speaker", "channel")
+
+
+def _labels(block: dict[str, Any]) -> dict[str, Any]:
+    """The optional speaker/channel labels of a segment or word block (1.1), typed."""
+    speaker, channel = block.get("speaker"), block.get("channel")
+    return {"speaker": None if speaker is None else str(speaker), "channel": None if channel is None else int(channel)}
+
+
 @dataclass(frozen=True)
 class Word:
     start: float
     end: float
     word: str
     probability: float
+    speaker: str | None = None  # "S1", "S2"... (speakers=) or "CH0", "CH1"... (channels=separate)
+    channel: int | None = None  # channels=separate: the channel the word was heard on
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class Segment:
     words: tuple[Word, ...] | None = None
     confidence: float | None = None  # 0..1, whisper_contract.captions.segment_confidence
     low_confidence: bool = False  # confidence below the request's confidence_threshold
+    speaker: str | None = None
+    channel: int | None = None
 
     def shifted(self, offset: float, new_id: int) -> "Segment":
         """The same segment placed ``offset`` seconds later (chunk-relative to file-global)."""
@@ -108,6 +121,7 @@ class Cue:
     end: float
     lines: tuple[str, ...]
     low_confidence: bool = False
+    speaker: str | None = None  # the segment's speaker label, shown before the first line
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,14 @@ class Transcript:
                 seg.pop("words")
             elif seg["words"] is None:
                 seg["words"] = []
+            # Labels appear only when asked for, so a 1.0 reader's documents stay as they were.
+            for block in (seg, *(seg.get("words") or ())):
+                for name in _LABELS:
+                    if block[name] is None:
+                        block.pop(name)
+        for cue in data.get("captions") or ():
+            if cue["speaker"] is None:
+                cue.pop("speaker")
         for name in ("source", "cost", "captions", "redaction", "unredacted"):
             if getattr(self, name) is None:
                 data.pop(name)
@@ -180,9 +202,10 @@ class Transcript:
                 avg_logprob=float(s["avg_logprob"]), no_speech_prob=float(s["no_speech_prob"]),
                 words=None if s.get("words") is None else tuple(
                     Word(start=float(w["start"]), end=float(w["end"]), word=str(w["word"]),
-                         probability=float(w["probability"])) for w in s["words"]),
+                         probability=float(w["probability"]), **_labels(w)) for w in s["words"]),
                 confidence=None if s.get("confidence") is None else float(s["confidence"]),
                 low_confidence=bool(s.get("low_confidence", False)),
+                **_labels(s),
             )
             for s in data["segments"]
         )
@@ -206,7 +229,8 @@ class Transcript:
             cost=_known_fields(Cost, cost) if isinstance(cost, dict) else None,
             captions=None if captions is None else tuple(
                 Cue(start=float(c["start"]), end=float(c["end"]), lines=tuple(str(x) for x in c["lines"]),
-                    low_confidence=bool(c.get("low_confidence", False))) for c in captions),
+                    low_confidence=bool(c.get("low_confidence", False)),
+                    speaker=None if c.get("speaker") is None else str(c["speaker"])) for c in captions),
             redaction=None if redaction is None else Redaction(
                 types=tuple(str(x) for x in redaction.get("types", ())),
                 spans=tuple(_known_fields(RedactedSpan, sp) for sp in redaction.get("spans", ()))),

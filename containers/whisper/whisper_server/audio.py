@@ -1,4 +1,5 @@
-"""Decode any audio FFmpeg knows into 16 kHz mono float32, a bounded block at a time.
+"""Decode any audio FFmpeg knows into 16 kHz mono float32 (mixed, or one channel), a bounded
+block at a time.
 
 PyAV (FFmpeg) reads the spooled request body from disk and a resampler downmixes and
 converts it; the caller gets a generator of blocks, so a one-hour file never sits in memory
@@ -219,12 +220,16 @@ def _as_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32) / float(np.iinfo(samples.dtype).max + 1)
 
 
-def _mixed_to_mono(frame: "av.AudioFrame") -> "av.AudioFrame":
-    """The channels' average, as a mono float frame at the frame's own rate."""
+def _to_mono(frame: "av.AudioFrame", channel: int | None = None) -> "av.AudioFrame":
+    """The channels' average, or channel ``channel`` alone, as a mono float frame at the
+    frame's own rate."""
     samples = frame.to_ndarray()
     if not frame.format.is_planar:  # interleaved: (1, samples * channels)
         samples = samples.reshape(-1, len(frame.layout.channels)).T
-    mono = _as_float(samples).mean(axis=0, dtype=np.float32)
+    if channel is None:
+        mono = _as_float(samples).mean(axis=0, dtype=np.float32)
+    else:
+        mono = _as_float(samples[channel])
     out = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono.reshape(1, -1)), format="flt", layout="mono")
     out.sample_rate = frame.sample_rate
     return out
@@ -239,14 +244,19 @@ def _finite(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
 
 
-def iter_blocks(path: Path, block_samples: int = BLOCK_SAMPLES) -> Iterator[np.ndarray]:
+def iter_blocks(path: Path, block_samples: int = BLOCK_SAMPLES, channel: int | None = None) -> Iterator[np.ndarray]:
     """Yield the first audio stream as 16 kHz mono float32 blocks of ``block_samples``
-    (the last one shorter), every sample finite and within [-1, 1]. Raises ContractError
-    for unreadable or truncated input."""
+    (the last one shorter), every sample finite and within [-1, 1]: the channels mixed, or
+    channel ``channel`` (0-based) alone. Raises ContractError for unreadable or truncated input."""
     with _open(path) as container:
         stream = _audio_stream(container)
         declared = _declared_duration(container, stream)
-        own_downmix = _needs_own_downmix(stream.codec_context.layout)
+        n_channels = int(stream.codec_context.channels or 0)
+        if channel is not None and not 0 <= channel < n_channels:
+            raise ContractError(ErrorCode.BAD_OPTION, f"channel {channel} does not exist: the audio has "
+                                f"{n_channels} channel(s)")
+        # One channel alone is picked here, before the resampler, which would mix them.
+        own_downmix = channel is not None or _needs_own_downmix(stream.codec_context.layout)
         raw_cbr = (container.format.name, stream.codec_context.name) in _RAW_CBR
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         pending: list[np.ndarray] = []
@@ -260,7 +270,7 @@ def iter_blocks(path: Path, block_samples: int = BLOCK_SAMPLES) -> Iterator[np.n
                     if raw_cbr and packet.size:
                         packet_sizes.append(packet.size)
                     for frame in packet.decode():
-                        for out in resampler.resample(_mixed_to_mono(frame) if own_downmix else frame):
+                        for out in resampler.resample(_to_mono(frame, channel) if own_downmix else frame):
                             yield _finite(out.to_ndarray().reshape(-1))
                 for out in resampler.resample(None):  # flush the resampler's tail
                     yield _finite(out.to_ndarray().reshape(-1))
@@ -305,7 +315,7 @@ def rechunk(blocks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield pending
 
 
-def decode_all(path: Path) -> np.ndarray:
+def decode_all(path: Path, channel: int | None = None) -> np.ndarray:
     """The whole file at once: for short clips and tests only."""
-    blocks = list(iter_blocks(path))
+    blocks = list(iter_blocks(path, channel=channel))
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)

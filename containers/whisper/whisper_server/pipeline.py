@@ -22,7 +22,7 @@ import numpy as np
 
 from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
 from whisper_contract.postprocess import finish
-from whisper_server import audio, vad
+from whisper_server import audio, diarize, vad
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
 from whisper_server.decoding import is_silence
 from whisper_server.settings import Settings
@@ -304,7 +304,9 @@ class _Budget:
 
 
 def transcribe_file(path: Path, options: RequestOptions, backend: Backend, settings: Settings, *,
-                    deadline: float | None = None, cancel: threading.Event | None = None) -> Transcript:
+                    deadline: float | None = None, cancel: threading.Event | None = None,
+                    channel: int | None = None) -> Transcript:
+    """``channel``: that channel alone (channels=separate transcribes each this way)."""
     started = time.perf_counter()
     validate(options, backend)
     info = audio.probe(path)
@@ -312,8 +314,13 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
         raise ContractError(ErrorCode.INPUT_TOO_LONG,
                             f"the audio lasts {info.declared_duration:.0f} s; at most "
                             f"{settings.max_audio_s:.0f} s are allowed")
+    if options.channels == "separate" and channel is None:
+        # Each channel unfinished; confidence, redaction and captions once, over the merge.
+        return finish(diarize.merge_channels([
+            transcribe_file(path, options, backend, settings, deadline=deadline, cancel=cancel, channel=c)
+            for c in range(max(info.channels, 1))]), options)
     budget = _Budget(settings, deadline, cancel)
-    blocks = budget.count(audio.iter_blocks(path))
+    blocks = budget.count(audio.iter_blocks(path, channel=channel))
     chunks = vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks)
 
     language, language_probability = options.language, 1.0
@@ -321,6 +328,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
     decode_seconds = 0.0
     segments: list[Segment] = []
     batch: list[Chunk] = []
+    speech: list[tuple[int, int]] = []  # the VAD's regions (first sample, length), for diarization
 
     def decode_batch(todo: list[Chunk], retry: bool) -> None:
         nonlocal decode_seconds
@@ -359,20 +367,23 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                                    word_timestamps=backend.capabilities.word_timestamps,
                                    initial_prompt=options.initial_prompt, hotwords=options.hotwords)
         batch.append(chunk)
+        speech += [(start, length) for _, start, length in chunk.pieces]
         if len(batch) >= settings.batch_size:
             flush()
     if batch:
         flush()
 
-    segments = [replace(seg, id=i) for i, seg in enumerate(merge(segments))]
+    segments = merge(segments)
+    if options.speakers is not None:
+        segments = diarize.diarize(path, segments, speech, options, channel=channel, check=budget.check)
+    segments = [replace(seg, id=i) for i, seg in enumerate(segments)]
     duration = round(budget.samples / SAMPLE_RATE, 3)
     text = "".join(s.text for s in segments).strip()
     if not text:
         # No speech is an answer, not an error (as Amazon Transcribe and OpenAI's API do): a
         # batch of silent voicemails must not fill the error alarms.
         segments = []
-    # confidence, redaction and captions need the word timings; finish drops them unless asked for
-    return finish(Transcript(
+    transcript = Transcript(
         text=text,
         no_speech=not text,
         language=language or "en",
@@ -383,4 +394,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
         timings=Timings(processing_seconds=round(time.perf_counter() - started, 3),
                         decode_seconds=round(decode_seconds, 3)),
         options=options.to_dict(),
-    ), options)
+    )
+    # Confidence, redaction and captions need the word timings; finish drops them unless asked
+    # for. A single channel of channels=separate is finished after the merge, above.
+    return transcript if channel is not None else finish(transcript, options)
