@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import av
@@ -224,8 +225,13 @@ def test_speakers_over_http_in_every_format(tiny_server, two_speakers) -> None:
     assert all(w["speaker"] == s["speaker"] for s in data["segments"] for w in s["words"])
     for fmt, prefix in (("txt", "[S"), ("srt", "[S"), ("vtt", "<v S")):
         text = tiny_server.post(body, params={"speakers": "2", "formats": fmt}).text
-        lines = [line for line in text.splitlines() if line and not line[0].isdigit() and line != "WEBVTT"]
-        assert lines and all(line.startswith(prefix) for line in lines), text
+        if fmt == "txt":
+            firsts = text.splitlines()
+        else:  # each cue's first text line carries the label (a cue may have two lines)
+            blocks = [b.splitlines() for b in text.split("\n\n") if "-->" in b]
+            firsts = [b[next(i for i, ln in enumerate(b) if "-->" in ln) + 1] for b in blocks]
+        assert firsts and all(line.startswith(prefix) for line in firsts), text
+        assert {re.match(r"(?:\[|<v )(S\d+)", line).group(1) for line in firsts} == {"S1", "S2"}
 
 
 @pytest.mark.parametrize("query, needle", [

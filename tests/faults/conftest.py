@@ -278,6 +278,10 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     config = PipelineConfig(
         name="faults", state_path=root / "state.json", log_dir=root / "logs", visibility_timeout_s=2,
         max_receive_count=MAX_RECEIVE_COUNT, max_concurrency=2,
+        # One message per batch: a crash fails its whole batch, so with larger batches a message's
+        # receive count would also count its neighbours' faults, and how many share a batch
+        # depends on the machine's speed (a loaded one coalesces them into the DLQ).
+        batch_size=1,
         container_cmd=[sys.executable, str(CHAOS), "--port", "{port}"],
         container_env={"WHISPER_CPU_THREADS": "1", "WHISPER_MAX_QUEUE": "16"},
     )
