@@ -102,7 +102,7 @@ def test_cost_over_a_period_adds_instance_minutes_and_the_job_records(deployed, 
 def test_status_shows_the_instances_backlog_and_spend_today(deployed, capsys) -> None:
     _, cloudwatch = deployed
     now = datetime.now(timezone.utc)
-    times = [now - timedelta(minutes=i) for i in range(5)]
+    times = [now - timedelta(minutes=i) for i in range(2, 7)]  # whole minutes: the current one is still open
     _instance_minutes(cloudwatch, times)
     cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[{
         "MetricName": "ApproximateBacklogSize", "Value": 6,
