@@ -235,13 +235,13 @@ def render_doc(inputs: Inputs, envs: list[EnvConfig]) -> str:
         "shift every row by the same factor; the front end is assumed to scale with vCPUs. The CPU row",
         "scales a `base` measurement by parameter count and is the roughest number here: from tiny.en to",
         "base the measured slowdown was 2.3x for 1.9x the parameters, so parameter scaling flatters the CPU",
-        "(`benchmarks/cost_bench.py`, docs/benchmarks.md). A measured",
-        "run on the target instance replaces any row: add its result file and point cost_inputs.json at it.",
+        "(`benchmarks/cost_bench.py`, docs/benchmarks.md). A measured run on the target instance replaces",
+        "any row: add its result file and point cost_inputs.json at it.",
         "",
         "## Cold start, idle tail and the scale-in setting",
         "",
-        f"* Cold start (scale from zero): about {inputs.cold_start_s / 60:.0f} minutes billed per instance "
-        f"({raw['scaling']['cold_start_why']}).",
+        f"* Cold start (scale from zero): about {inputs.cold_start_s / 60:.0f} minutes billed per instance. "
+        f"{raw['scaling']['cold_start_why']}",
         f"* Idle tail: after the backlog empties an instance waits `scale_in_idle_minutes` (plus about "
         f"{inputs.lag_s:.0f} s of metric lag) before the scale-in alarm removes it; further instances go one "
         "per `scale_in_cooldown_s` (instance i idles i cooldowns longer), so the cost-tuned "
