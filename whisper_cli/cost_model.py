@@ -71,7 +71,7 @@ class Inputs:
         return cls(json.loads(path.read_text(encoding="utf-8")), table or prices.load())
 
     def record(self, results: str, match: dict[str, str]) -> dict[str, Any]:
-        records = json.loads((REPO / results).read_text(encoding="utf-8"))["records"]
+        records: list[dict[str, Any]] = json.loads((REPO / results).read_text(encoding="utf-8"))["records"]
         found = [r for r in records if all(r.get(k) == v for k, v in match.items())]
         if len(found) != 1:
             raise ValueError(f"{results}: {len(found)} records match {match}, expected exactly one")
@@ -235,13 +235,13 @@ def render_doc(inputs: Inputs, envs: list[EnvConfig]) -> str:
         "shift every row by the same factor; the front end is assumed to scale with vCPUs. The CPU row",
         "scales a `base` measurement by parameter count and is the roughest number here: from tiny.en to",
         "base the measured slowdown was 2.3x for 1.9x the parameters, so parameter scaling flatters the CPU",
-        "(`benchmarks/cost_bench.py`, docs/benchmarks.md). A measured",
-        "run on the target instance replaces any row: add its result file and point cost_inputs.json at it.",
+        "(`benchmarks/cost_bench.py`, docs/benchmarks.md). A measured run on the target instance replaces",
+        "any row: add its result file and point cost_inputs.json at it.",
         "",
         "## Cold start, idle tail and the scale-in setting",
         "",
-        f"* Cold start (scale from zero): about {inputs.cold_start_s / 60:.0f} minutes billed per instance "
-        f"({raw['scaling']['cold_start_why']}).",
+        f"* Cold start (scale from zero): about {inputs.cold_start_s / 60:.0f} minutes billed per instance. "
+        f"{raw['scaling']['cold_start_why']}",
         f"* Idle tail: after the backlog empties an instance waits `scale_in_idle_minutes` (plus about "
         f"{inputs.lag_s:.0f} s of metric lag) before the scale-in alarm removes it; further instances go one "
         "per `scale_in_cooldown_s` (instance i idles i cooldowns longer), so the cost-tuned "
@@ -272,7 +272,7 @@ def render_doc(inputs: Inputs, envs: list[EnvConfig]) -> str:
     ]
     known = {e.instance_type: e for e in inputs.estimates()}
     for cfg in envs:
-        e = known.get(cfg.instance_type)
+        row = known.get(cfg.instance_type)
         price = t.instance(cfg.instance_type)
         idle = inputs.idle_usd_per_month(cfg)
         per_hour = price.usd_per_hour if price else None
@@ -280,7 +280,7 @@ def render_doc(inputs: Inputs, envs: list[EnvConfig]) -> str:
         tail_text = " / ".join(_usd(t.usd(s, per_hour)) for s in tails) if per_hour else "no price"
         out.append(
             f"| {cfg.name} | `{cfg.instance_type}` x 0-{cfg.max_instances} | "
-            f"{_usd(e.usd_per_audio_hour) if e else 'no estimate'} | "
+            f"{_usd(row.usd_per_audio_hour) if row else 'no estimate'} | "
             f"{_usd(t.usd(inputs.cold_start_s, per_hour)) if per_hour else 'no price'} | "
             f"{tail_text} (idle {cfg.scale_in_idle_minutes} min, cooldown {cfg.scale_in_cooldown_s} s) | "
             f"{_usd(sum(idle.values()))}: " + ", ".join(f"{k} {_usd(v)}" for k, v in idle.items()) + " |")

@@ -9,6 +9,10 @@ Two sources, because they answer different questions:
   done and the part of the instance time that went into transcripts. The rest is cold starts
   and idle tails (docs/cost.md).
 Prices come from ``whisper_contract.prices`` (the one seconds -> dollars rule).
+
+CloudWatch sees an instance once it publishes metrics; SageMaker bills from launch, image pull
+and model copy included, so ``instance_usd`` can be low by up to one cold start (docs/cost.md:
+about 8 minutes) per scale-out from zero in the period.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from whisper_cli.core import metric_dimensions
 from whisper_contract import prices
@@ -149,12 +155,18 @@ def spend(session: Any, endpoint_name: str, output_bucket: str, start: datetime,
 
 def status_spend(session: Any, endpoint_name: str, now: datetime | None = None,
                  table: prices.PriceTable | None = None) -> dict[str, Any]:
-    """The cost lines of ``whisper-sm status``: instance type, price, instance spend since 00:00 UTC."""
+    """The cost lines of ``whisper-sm status``: instance type, price, instance spend since 00:00 UTC.
+
+    A caller allowed to see the backlog but not the endpoint config (IAM) still gets its status:
+    the cost lines then say why they are missing."""
     table = table or prices.load()
     now = now or datetime.now(timezone.utc)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    instance_type, variants = endpoint_shape(session.client("sagemaker"), endpoint_name)
-    minutes = instance_minutes(session.client("cloudwatch"), endpoint_name, variants, midnight, now)
+    try:
+        instance_type, variants = endpoint_shape(session.client("sagemaker"), endpoint_name)
+        minutes = instance_minutes(session.client("cloudwatch"), endpoint_name, variants, midnight, now)
+    except ClientError as exc:
+        return {"cost": f"unavailable: {exc}"}
     price = table.instance(instance_type)
     return {"instance_type": instance_type, "price_per_hour": None if price is None else price.usd_per_hour,
             "instance_hours_today": round(minutes / 60, 3),

@@ -102,7 +102,7 @@ def test_cost_over_a_period_adds_instance_minutes_and_the_job_records(deployed, 
 def test_status_shows_the_instances_backlog_and_spend_today(deployed, capsys) -> None:
     _, cloudwatch = deployed
     now = datetime.now(timezone.utc)
-    times = [now - timedelta(minutes=i) for i in range(5)]
+    times = [now - timedelta(minutes=i) for i in range(2, 7)]  # whole minutes: the current one is still open
     _instance_minutes(cloudwatch, times)
     cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[{
         "MetricName": "ApproximateBacklogSize", "Value": 6,
@@ -162,3 +162,22 @@ def test_bad_periods_are_refused_with_what_is_allowed() -> None:
     assert [cost_report.period_for(timedelta(days=d)) for d in (1, 5, 60)] == [60, 300, 3600]
     with pytest.raises(ValueError, match="at most 60 days"):
         cost_report.period_for(timedelta(days=61))
+
+
+def test_status_without_permission_for_the_endpoint_config_still_answers() -> None:
+    from botocore.stub import Stubber
+
+    sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+
+    class Session:
+        def client(self, name):
+            return {"sagemaker": sagemaker}[name]
+
+    with Stubber(sagemaker) as stub:
+        stub.add_response("describe_endpoint", {
+            "EndpointName": "ep", "EndpointArn": "arn:aws:sagemaker:eu-west-1:1:endpoint/ep", "EndpointConfigName": "c",
+            "EndpointStatus": "InService", "CreationTime": now, "LastModifiedTime": now}, {"EndpointName": "ep"})
+        stub.add_client_error("describe_endpoint_config", "AccessDeniedException", "not allowed", 400)
+        lines = cost_report.status_spend(Session(), "ep", now=now)
+    assert list(lines) == ["cost"] and "AccessDeniedException" in lines["cost"]
