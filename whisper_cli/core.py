@@ -23,7 +23,8 @@ from botocore.exceptions import ClientError
 
 from whisper_contract import RequestOptions
 from whisper_contract.jobs import FINAL_STATES, JobRecord, KeyIndex
-from whisper_contract.keys import ERROR_SUFFIX, UNREDACTED_SUFFIXES, inference_id, is_audio_key, job_key, key_index_key, plain_etag
+from whisper_contract.keys import (ERROR_SUFFIX, UNREDACTED_SUFFIXES, inference_id, is_audio_key, job_key,
+                                   key_index_key, plain_etag)
 
 LOCAL = "local"
 # CloudFormation output keys the CDK stacks publish (stacks/storage.py, the endpoint stack).
