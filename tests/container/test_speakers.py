@@ -24,10 +24,11 @@ from whisper_server.backends import load_backend
 from whisper_server.settings import Settings
 from whisper_server.voice_encoder import Ge2eEncoder, load_embedder
 
-# Measured (benchmarks/diarize_bench.py, docs/benchmarks.md): 0.007-0.03 on conversations like
-# these; the bound leaves room for another CPU's rounding, not for a wrong speaker on a turn
-# (one 5 s turn of 50 s is 0.1).
-MAX_DER = 0.06
+# Measured on these two files (2026-12-03, tiny.en): DER 0.007 (two speakers) and 0.048
+# (three), confusion 0 s in both; the rest is speech tiny.en leaves out. The bounds leave room
+# for another CPU's decoding, not for a wrong speaker on a turn (one 5 s turn of 50 s is 0.1).
+MAX_DER = 0.08
+MAX_CONFUSION_S = 1.0
 
 
 def _voice(*names: str, seconds: float | None = None) -> list[np.ndarray]:
@@ -145,7 +146,7 @@ def test_two_speakers_get_two_labels_and_a_low_der(setup, two_speakers) -> None:
     _check_labels(t)
     assert {s.speaker for s in t.segments} == {"S1", "S2"}
     result = der(conv.turns, turns_of(t.segments))
-    assert result.der < MAX_DER, result
+    assert result.der < MAX_DER and result.confusion < MAX_CONFUSION_S, result
     assert result.mapping == {"S1": "lj", "S2": "ls1272"}  # labels in order of first appearance
 
 
@@ -157,7 +158,8 @@ def test_speakers_n_gives_n_labels(setup, three_speakers, n: int) -> None:
     _check_labels(t)
     assert {s.speaker for s in t.segments} == {f"S{k + 1}" for k in range(n)}
     if n == 3:
-        assert der(conv.turns, turns_of(t.segments)).der < MAX_DER
+        result = der(conv.turns, turns_of(t.segments))
+        assert result.der < MAX_DER and result.confusion < MAX_CONFUSION_S, result
 
 
 def test_auto_finds_three_and_max_speakers_bounds_it(setup, three_speakers) -> None:
