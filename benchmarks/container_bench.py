@@ -17,7 +17,6 @@ Results go to stdout (markdown) and benchmarks/results/container.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -31,12 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import psutil
 
 from whisper_eval.clips import SHARED, SHIPPED, Clip, load_clips
+from whisper_eval.encode import encode
 from whisper_eval.wer import edit_distance, normalize
 from whisper_server.audio import decode_all
 from whisper_server.bundled import bundled_model_dir
@@ -59,20 +58,6 @@ def corpus_wer(pairs: list[tuple[str, str]]) -> float:
         edits += edit_distance(r, h)
         words += len(r)
     return edits / max(words, 1)
-
-
-def encode_flac(samples: np.ndarray, path: Path) -> None:
-    with av.open(str(path), "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=SR, layout="mono")
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        for start in range(0, pcm.shape[1], 1 << 16):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + (1 << 16)]), format="s16",
-                                               layout="mono")
-            frame.sample_rate = SR
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
 
 
 def long_audio(clips: list[Clip], seconds: float, gap: float = 1.5) -> tuple[np.ndarray, str]:
@@ -182,7 +167,7 @@ def bench_longform(model_dir: Path, seconds: float = 200) -> dict:
 
     audio, reference = long_audio(corpus(), seconds)
     path = Path("/tmp/container-bench-long.flac")
-    encode_flac(audio, path)
+    path.write_bytes(encode(audio))
     out = {"audio_s": round(len(audio) / SR, 1)}
     for batch in (8, 1):
         settings = Settings(model_dir=str(model_dir), device="cpu", cpu_threads=THREADS, batch_size=batch)
@@ -234,7 +219,7 @@ def bench_memory(model_dir: Path, hour_minutes: float) -> dict:
         for minutes in (10, hour_minutes):
             audio, _ = long_audio(clips, minutes * 60, gap=3.0)
             path = Path(f"/tmp/container-bench-{int(minutes)}min.flac")
-            encode_flac(audio, path)
+            path.write_bytes(encode(audio))
             del audio
             out[f"{int(minutes)}min"] = _peak_rss(server, path.read_bytes())
             out[f"{int(minutes)}min"]["audio_min"] = minutes

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import fnmatch
-import hashlib
 import json
 import os
 import tempfile
@@ -30,7 +29,7 @@ from stacks.config import EnvConfig, load_env_config
 from whisper_contract.engine_spec import MANIFEST_NAME as ENGINE_MANIFEST_NAME
 from whisper_contract.engine_spec import EngineManifest
 from whisper_contract.model_manifest import (
-    MANIFEST_NAME, SHA256_METADATA, ModelFile, ModelManifest, manifest_key, object_key,
+    MANIFEST_NAME, SHA256_METADATA, ModelFile, ModelManifest, manifest_key, object_key, sha256_file,
 )
 
 # stacks/application.py names stacks f"{APP_NAME}-{env}-<Part>"; stacks/storage.py has the output.
@@ -87,14 +86,6 @@ def hub_repo(model: str) -> str:
 
 
 # --- local files ------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_kind(path: Path) -> str:
     if path.is_file() and path.name.endswith(".tar.gz"):
         return "dlc-tarball"

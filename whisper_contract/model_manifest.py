@@ -16,8 +16,10 @@ location (``models/x/model.tar.gz``, ``ModelDataUrl``) has it beside the tarball
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 MANIFEST_NAME = "model-manifest.json"
 SCHEMA_VERSION = 1
@@ -25,6 +27,15 @@ SCHEMA_VERSION = 1
 # guard can compare checksums without downloading gigabytes (x-amz-meta-sha256).
 SHA256_METADATA = "sha256"
 FORMATS = ("ctranslate2", "huggingface", "dlc-tarball")
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 8 MiB blocks (model files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_prefix(location: str) -> bool:

@@ -1,1 +1,1 @@
-"""Evaluation helpers shared by tests and benchmark scripts: clip manifests and WER."""
+"""Evaluation helpers shared by tests and benchmark scripts: clip manifests, WER, audio encoding, raw-socket HTTP."""

@@ -7,19 +7,11 @@ overwritten (a new build gets a new version).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from whisper_contract.engine_spec import MANIFEST_NAME, EngineManifest
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from whisper_contract.model_manifest import sha256_file
 
 
 def checksums(root: Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ starting one costs a couple of seconds.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -17,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import av
 import httpx
 import numpy as np
 import pytest
 
 from whisper_eval.clips import Clip, load_clips
+from whisper_eval.encode import encode
 from whisper_local.net import free_port
 
 SR = 16_000
@@ -111,26 +110,9 @@ def english_clips(clips: list[Clip]) -> list[Clip]:
     return [c for c in clips if c.language == "en"]
 
 
-def encode_flac(samples: np.ndarray, sample_rate: int = SR) -> bytes:
-    """Mono float32 samples -> FLAC bytes (16-bit), through PyAV like any user's encoder."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=sample_rate, layout="mono")
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        for start in range(0, pcm.shape[1], 4096):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + 4096]), format="s16",
-                                               layout="mono")
-            frame.sample_rate = sample_rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def flac() -> Callable[..., bytes]:
-    return encode_flac
+    return encode  # FLAC, 16-bit, 16 kHz by default
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import pytest
 
 from whisper_contract import ErrorRecord, Transcript
 from whisper_server.audio import decode_all
+from whisper_eval.encode import encode
 
 AUDIO = Path(__file__).resolve().parents[1] / "data" / "audio"
 LJ = AUDIO / "en_ljspeech_LJ001-0001.flac"
@@ -248,30 +249,6 @@ def test_playlists_and_references_are_refused_and_never_followed(tiny_server, li
 
 # --- non-finite samples (issue 12.5) ----------------------------------------------------
 
-def encode(samples: np.ndarray, fmt: str, codec: str, sample_format: str, rate: int = 16_000) -> bytes:
-    """Mono float samples -> a file in ``fmt``/``codec``, through PyAV like any user's encoder."""
-    if sample_format == "s16":
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    elif sample_format == "u8":
-        pcm = (np.clip(samples, -1, 1) * 127 + 128).astype(np.uint8)
-    elif sample_format == "s32":
-        pcm = (np.clip(samples, -1, 1) * 2_147_000_000).astype(np.int32)
-    else:  # flt / fltp: written as given, NaN and all
-        pcm = samples.astype(np.float32)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate, layout="mono")
-        pcm = pcm.reshape(1, -1)
-        for start in range(0, pcm.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + 1024]),
-                                               format=sample_format, layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()
-
 
 @pytest.fixture(scope="module")
 def lj_samples() -> np.ndarray:
@@ -336,9 +313,7 @@ TRUNCATABLE = [  # (format, codec, sample format, rate)
 
 @pytest.mark.parametrize("fmt,codec,sample_format,rate", TRUNCATABLE, ids=[f"{t[0]}-{t[1]}" for t in TRUNCATABLE])
 def test_truncated_file_is_corrupt_audio(tiny_server, lj_samples, fmt, codec, sample_format, rate):
-    samples = lj_samples if rate == 16_000 else np.interp(
-        np.arange(len(lj_samples) * rate // 16_000) * 16_000 / rate, np.arange(len(lj_samples)), lj_samples)
-    whole = encode(samples, fmt, codec, sample_format, rate)
+    whole = encode(lj_samples, fmt, codec, sample_format, rate)
     cut = whole[: len(whole) // 10 + 7]  # + 7: off any frame or block boundary
     err = _expect(tiny_server.post(cut), "corrupt_audio", 422)
     assert "truncated" in err.message

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from whisper_contract import ErrorRecord, Transcript
+from whisper_eval.net import status_of
 from whisper_eval.wer import wer
 
 SR = 16_000
@@ -210,18 +211,6 @@ def _start_upload(server, length: int, first: bytes = b"") -> socket.socket:
     return sock
 
 
-def _status_of(sock: socket.socket) -> int | None:
-    """The status of the answer on ``sock`` (None: closed without one)."""
-    data = b""
-    with contextlib.suppress(OSError):
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else None
-
-
 def test_slow_uploads_take_no_decode_slot_and_are_cut_off(guarded_server, english_clips):
     clip = next(c for c in english_clips if SHORT_CLIP in c.name)
     trickling = [_start_upload(guarded_server, 100_000, b"x") for _ in range(6)]  # a byte every 0.5 s
@@ -237,7 +226,7 @@ def test_slow_uploads_take_no_decode_slot_and_are_cut_off(guarded_server, englis
                 with contextlib.suppress(OSError):
                     sock.sendall(b"x")
             time.sleep(0.5)
-        assert [_status_of(s) for s in trickling + stalled] == [504] * 10
+        assert [status_of(s) for s in trickling + stalled] == [504] * 10
         assert time.monotonic() - started < 60, guarded_server.log()
     finally:
         for sock in trickling + stalled:
@@ -249,7 +238,7 @@ def test_idle_keep_alive_connections_are_closed(guarded_server):
     sock = _connect(guarded_server)
     try:
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _status_of(sock) == 200
+        assert status_of(sock) == 200
         sock.settimeout(5)
         started = time.monotonic()
         rest = b""

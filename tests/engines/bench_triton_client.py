@@ -9,6 +9,7 @@ Not a test (no test_ prefix); results go to docs/benchmarks.md.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import sysconfig
@@ -49,7 +50,8 @@ def main() -> None:
         spec=spec, version="bench", tensorrt_llm_version="-", gpu_name="-", gpu_arch="sm86", git_revision="-",
         built_at="-", model_root="/opt/ml/model", checksums={}, verification={}).to_json())
     env = {"LD_LIBRARY_PATH": f"{package.parent / 'nvidia_pytriton.libs'}:{sysconfig.get_config_var('LIBDIR')}",
-           "PYTHONPATH": sysconfig.get_paths()["purelib"], "WHISPER_STANDIN_LOG": str(root / "log.jsonl")}
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "WHISPER_STANDIN_LOG": str(root / "log.jsonl")}
     started = time.perf_counter()
     backend = TritonBackend.from_model_dir(root / "artifact", tritonserver=str(root / "dist" / "bin" / "tritonserver"),
                                            backend_directory=str(root / "dist" / "backends"), env=env,

@@ -2,12 +2,15 @@
 
 The tritonserver binary and Python backend come from the nvidia-pytriton wheel. Its Python
 stub links the system libpython (not the venv's interpreter), so the server is started with
-that interpreter's LIBDIR on LD_LIBRARY_PATH, and with the venv's site-packages on PYTHONPATH
-so the stand-in model can import numpy.
+that interpreter's LIBDIR on LD_LIBRARY_PATH. The stub runs Python isolated (sys.flags.isolated:
+PYTHONPATH is ignored) and finds its prefix from the first ``python3`` on PATH, so the venv's
+bin folder goes first on PATH: the stub then reads the venv's pyvenv.cfg and imports what the
+venv holds (numpy, torch), as a Triton image's system site-packages would.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import sysconfig
@@ -52,7 +55,8 @@ def triton_dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {
         "tritonserver": str(dist / "bin" / "tritonserver"),
         "backend_directory": str(dist / "backends"),
-        "env": {"LD_LIBRARY_PATH": ":".join(libs), "PYTHONPATH": sysconfig.get_paths()["purelib"]},
+        "env": {"LD_LIBRARY_PATH": ":".join(libs),
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])},
     }
 
 

@@ -9,6 +9,7 @@ and writes what trtllm-build would.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def test_full_build_uploads_a_verified_artifact(tmp_path: Path, s3: RecordingS3,
     # Checksums are of the uploaded bytes.
     for rel, digest in manifest.checksums.items():
         body = s3.get_object(Bucket=BUCKET, Key=prefix + rel)["Body"].read()
-        assert storage.hashlib.sha256(body).hexdigest() == digest
+        assert hashlib.sha256(body).hexdigest() == digest
     # The LoRA adapter was merged into what went to convert_checkpoint.py.
     written = torch.load(ctx.paths.openai_dir / "large-v3.pt")["model_state_dict"]
     base = transformers.WhisperForConditionalGeneration.from_pretrained(hf_model[0]).state_dict()

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from whisper_eval.net import status_of
 from whisper_local.net import free_port
 
 PROFILE = settings(settings.get_profile(os.environ.get("FUZZ_PROFILE", "fuzz-ci")),
@@ -59,17 +60,6 @@ def http_server(tiny_en_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             proc.kill()
 
 
-def _answer(sock: socket.socket) -> int | None:
-    data = b""
-    with contextlib.suppress(OSError):
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else None
-
-
 @PROFILE
 @given(pieces=st.integers(1, 6), pause_s=st.sampled_from([0.0, 0.05, 0.3, 0.8]),
        sent_share=st.floats(0.0, 1.0), ending=st.sampled_from(["stall", "close", "close_after_body", "finish"]))
@@ -86,9 +76,9 @@ def test_slow_and_vanishing_clients_never_break_the_server(http_server, pieces, 
                 sock.sendall(body[at:at + step])
                 time.sleep(pause_s)
         if ending == "stall":
-            assert _answer(sock) == 504  # too slow or stalled: answered, not held
+            assert status_of(sock) == 504  # too slow or stalled: answered, not held
         elif ending == "finish":
-            assert _answer(sock) in (200, 504)  # 504: the pauses made the body too slow
+            assert status_of(sock) in (200, 504)  # 504: the pauses made the body too slow
         elif ending == "close_after_body":
             time.sleep(0.3)
     finally:

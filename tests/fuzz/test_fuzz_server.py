@@ -10,7 +10,6 @@ that ever broke something lives in ``corpus/server`` and is replayed first.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import struct
@@ -18,7 +17,6 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-import av
 import numpy as np
 
 import httpx
@@ -28,6 +26,7 @@ from hypothesis import strategies as st
 
 from whisper_contract import CONTENT_TYPES, ErrorRecord, Transcript
 from whisper_server.audio import decode_all
+from whisper_eval.encode import encode
 
 PROFILE = settings.get_profile(os.environ.get("FUZZ_PROFILE", "fuzz-ci"))
 AUDIO = Path(__file__).resolve().parents[1] / "data" / "audio"
@@ -70,31 +69,6 @@ CONTAINERS = [("wav", "pcm_s16le", "s16", 16_000), ("wav", "pcm_u8", "u8", 16_00
 @lru_cache(maxsize=1)
 def short_samples() -> np.ndarray:
     return decode_all(SHORT_PATH)
-
-
-def encode(samples: np.ndarray, fmt: str, codec: str, sample_format: str, rate: int = 16_000) -> bytes:
-    if rate != 16_000:
-        samples = np.interp(np.arange(len(samples) * rate // 16_000) * 16_000 / rate, np.arange(len(samples)),
-                            samples).astype(np.float32)
-    scale = {"s16": (32767, np.int16, 0), "u8": (127, np.uint8, 128), "s32": (2_147_000_000, np.int32, 0)}
-    if sample_format in scale:
-        factor, dtype, offset = scale[sample_format]
-        pcm = (np.clip(samples, -1, 1) * factor + offset).astype(dtype)
-    else:
-        pcm = samples.astype(np.float32)  # float formats keep NaN/Inf as given
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate, layout="mono")
-        pcm = pcm.reshape(1, -1)
-        for start in range(0, pcm.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + 1024]),
-                                               format=sample_format, layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()
 
 
 @lru_cache(maxsize=None)

@@ -53,3 +53,24 @@ def test_no_tests_collected_is_red(tmp_path: Path) -> None:
     assert _ci_run_with(tmp_path, run_pytest) != 0
     assert status.read_text().strip() == "5"  # it was pytest's "no tests ran" that turned it red
     assert _ci_run_with(tmp_path, "exit 0") == 0  # and a green run is green
+
+
+def _readme_tree() -> str:
+    block = re.search(r"## What is where\s*```\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert block
+    return block.group(1)
+
+
+def test_readme_tree_names_every_top_level_folder_and_nothing_that_is_gone() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    folders = {line.split("/")[0] for line in tracked.splitlines() if "/" in line}
+    named: set[str] = set()
+    for line in _readme_tree().splitlines():
+        if not line or line[0].isspace():
+            continue  # a description's continuation
+        tokens = line.split()
+        # A row starts with the paths it describes; the description is the first word that is no path.
+        paths = tokens[: next((i for i, t in enumerate(tokens) if not (REPO / t).exists()), len(tokens))]
+        assert paths, f"README 'What is where' row names no existing path: {line!r}"
+        named |= {t.rstrip("/").split("/")[0] for t in paths}
+    assert folders - named == set(), "README 'What is where' misses these folders"
