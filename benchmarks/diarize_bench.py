@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 
 from whisper_contract import RequestOptions
 from whisper_eval.clips import SHARED, load_clips
 from whisper_eval.conversation import SAMPLE_RATE, Conversation, build
 from whisper_eval.der import der, turns_of
+from whisper_eval.encode import encode
 from whisper_server import audio, diarize, pipeline
 from whisper_server.backends import load_backend
 from whisper_server.bundled import bundled_model_dir
@@ -54,16 +54,6 @@ def conversation(names: tuple[str, ...]) -> Conversation:
     voices = {n: [audio.decode_all(next(c.path for c in clips if part in c.name)) for part in SPEAKERS[n]]
               for n in names}
     return build(voices)
-
-
-def write_flac(samples: np.ndarray, path: Path) -> None:
-    with av.open(str(path), "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
 
 
 def cpu_s() -> float:
@@ -118,7 +108,7 @@ def main() -> int:
             conv = conversation(names)
             convs.append(conv)
             path = Path(tmp) / ("+".join(names) + ".flac")
-            write_flac(conv.audio, path)
+            path.write_bytes(encode(conv.audio))
             for mode in ("auto", len(names)):
                 SPENT[0] = 0.0
                 t = pipeline.transcribe_file(path, RequestOptions(speakers=mode, word_timestamps=True), backend, settings)

@@ -5,11 +5,9 @@ route."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from whisper_contract import ErrorRecord, RequestOptions, Transcript
 from whisper_eval.clips import clip
 from whisper_eval.conversation import SAMPLE_RATE, Conversation, build
 from whisper_eval.der import der, turns_of
+from whisper_eval.encode import encode
 from whisper_eval.wer import wer
 from whisper_server import audio, diarize, pipeline
 from whisper_server.backends import load_backend
@@ -36,15 +35,9 @@ def _voice(*names: str, seconds: float | None = None) -> list[np.ndarray]:
     return [c[: int(seconds * SAMPLE_RATE)] for c in clips] if seconds else clips
 
 
-def _write(samples: np.ndarray, path: Path, layout: str = "mono") -> Path:
-    """16-bit FLAC; ``samples`` is (samples,) for mono or (channels, samples)."""
-    pcm = (np.clip(np.atleast_2d(samples), -1, 1) * 32767).astype(np.int16)
-    with av.open(str(path), "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm.T.reshape(1, -1)), format="s16", layout=layout)
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
+def _write(samples: np.ndarray, path: Path) -> Path:
+    """16-bit FLAC of (samples,) mono or (2, samples) stereo."""
+    path.write_bytes(encode(samples))
     return path
 
 
@@ -186,7 +179,7 @@ def stereo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
     pcm = np.zeros((2, n), dtype=np.float32)
     pcm[0, SAMPLE_RATE // 2:SAMPLE_RATE // 2 + len(left)] = left
     pcm[1, 6 * SAMPLE_RATE:6 * SAMPLE_RATE + len(right)] = right
-    return _write(pcm, tmp_path_factory.mktemp("stereo") / "call.flac", layout="stereo"), pcm[0], pcm[1]
+    return _write(pcm, tmp_path_factory.mktemp("stereo") / "call.flac"), pcm[0], pcm[1]
 
 
 def test_one_channel_decodes_alone(stereo) -> None:
