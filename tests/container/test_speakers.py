@@ -234,3 +234,14 @@ def test_bad_speaker_options_are_400(tiny_server, query: str, needle: str) -> No
     assert r.status_code == 400
     err = ErrorRecord.from_json(r.text)
     assert err.code == "bad_option" and needle in err.message
+
+
+def test_segments_without_words_take_their_windows_majority() -> None:
+    """What a backend without word timings (triton) gets: one label per segment."""
+    from whisper_contract import Segment
+
+    centres = np.array([0.8, 1.6, 2.4, 3.2, 4.0, 4.8])
+    speakers = np.array([0, 0, 1, 1, 1, 0])
+    segs = [Segment(0, 0.0, 2.0, " a", -0.1, 0.0), Segment(1, 2.0, 4.9, " b", -0.1, 0.0),
+            Segment(2, 9.0, 9.5, " c", -0.1, 0.0)]
+    assert [s.speaker for s in diarize.label_segments(segs, centres, speakers)] == ["S1", "S2", "S1"]
