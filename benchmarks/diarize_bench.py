@@ -49,11 +49,11 @@ CONVERSATIONS = [("lj", "ls1272"), ("earn", "sonnet"), ("ls1221", "ls2412"),
                  ("lj", "ls1272", "earn"), ("sonnet", "ls1221", "jfk")]
 
 
-def conversation(names: tuple[str, ...]) -> Conversation:
+def conversation(names: tuple[str, ...], gap_s: float = 0.6) -> Conversation:
     clips = load_clips(SHARED)
     voices = {n: [audio.decode_all(next(c.path for c in clips if part in c.name)) for part in SPEAKERS[n]]
               for n in names}
-    return build(voices)
+    return build(voices, gap_s=gap_s)
 
 
 def cpu_s() -> float:
@@ -96,6 +96,7 @@ def main() -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--threshold", type=float, default=diarize.AUTO_THRESHOLD)
     parser.add_argument("--collar", type=float, default=0.25)
+    parser.add_argument("--gap", type=float, default=0.6, help="seconds of silence between turns")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     diarize.AUTO_THRESHOLD = args.threshold
@@ -105,7 +106,7 @@ def main() -> int:
     rows, audio_s, spent, convs = [], 0.0, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
         for names in CONVERSATIONS:
-            conv = conversation(names)
+            conv = conversation(names, args.gap)
             convs.append(conv)
             path = Path(tmp) / ("+".join(names) + ".flac")
             path.write_bytes(encode(conv.audio))
