@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 
 from whisper_contract import RequestOptions
 from whisper_eval.clips import SHARED, load_clips
 from whisper_eval.conversation import SAMPLE_RATE, Conversation, build
 from whisper_eval.der import der, turns_of
+from whisper_eval.encode import encode
 from whisper_server import audio, diarize, pipeline
 from whisper_server.backends import load_backend
 from whisper_server.bundled import bundled_model_dir
@@ -49,21 +49,11 @@ CONVERSATIONS = [("lj", "ls1272"), ("earn", "sonnet"), ("ls1221", "ls2412"),
                  ("lj", "ls1272", "earn"), ("sonnet", "ls1221", "jfk")]
 
 
-def conversation(names: tuple[str, ...]) -> Conversation:
+def conversation(names: tuple[str, ...], gap_s: float = 0.6) -> Conversation:
     clips = load_clips(SHARED)
     voices = {n: [audio.decode_all(next(c.path for c in clips if part in c.name)) for part in SPEAKERS[n]]
               for n in names}
-    return build(voices)
-
-
-def write_flac(samples: np.ndarray, path: Path) -> None:
-    with av.open(str(path), "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
+    return build(voices, gap_s=gap_s)
 
 
 def cpu_s() -> float:
@@ -106,6 +96,7 @@ def main() -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--threshold", type=float, default=diarize.AUTO_THRESHOLD)
     parser.add_argument("--collar", type=float, default=0.25)
+    parser.add_argument("--gap", type=float, default=0.6, help="seconds of silence between turns")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     diarize.AUTO_THRESHOLD = args.threshold
@@ -115,10 +106,10 @@ def main() -> int:
     rows, audio_s, spent, convs = [], 0.0, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
         for names in CONVERSATIONS:
-            conv = conversation(names)
+            conv = conversation(names, args.gap)
             convs.append(conv)
             path = Path(tmp) / ("+".join(names) + ".flac")
-            write_flac(conv.audio, path)
+            path.write_bytes(encode(conv.audio))
             for mode in ("auto", len(names)):
                 SPENT[0] = 0.0
                 t = pipeline.transcribe_file(path, RequestOptions(speakers=mode, word_timestamps=True), backend, settings)

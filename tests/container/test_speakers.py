@@ -5,12 +5,10 @@ route."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -19,16 +17,18 @@ from whisper_contract import ErrorRecord, RequestOptions, Transcript
 from whisper_eval.clips import clip
 from whisper_eval.conversation import SAMPLE_RATE, Conversation, build
 from whisper_eval.der import der, turns_of
+from whisper_eval.encode import encode
 from whisper_eval.wer import wer
 from whisper_server import audio, diarize, pipeline
 from whisper_server.backends import load_backend
 from whisper_server.settings import Settings
 from whisper_server.voice_encoder import Ge2eEncoder, load_embedder
 
-# Measured (benchmarks/diarize_bench.py, docs/benchmarks.md): 0.007-0.03 on conversations like
-# these; the bound leaves room for another CPU's rounding, not for a wrong speaker on a turn
-# (one 5 s turn of 50 s is 0.1).
-MAX_DER = 0.06
+# Measured on these two files (2026-12-03, tiny.en): DER 0.007 (two speakers) and 0.048
+# (three), confusion 0 s in both; the rest is speech tiny.en leaves out. The bounds leave room
+# for another CPU's decoding, not for a wrong speaker on a turn (one 5 s turn of 50 s is 0.1).
+MAX_DER = 0.08
+MAX_CONFUSION_S = 1.0
 
 
 def _voice(*names: str, seconds: float | None = None) -> list[np.ndarray]:
@@ -36,15 +36,9 @@ def _voice(*names: str, seconds: float | None = None) -> list[np.ndarray]:
     return [c[: int(seconds * SAMPLE_RATE)] for c in clips] if seconds else clips
 
 
-def _write(samples: np.ndarray, path: Path, layout: str = "mono") -> Path:
-    """16-bit FLAC; ``samples`` is (samples,) for mono or (channels, samples)."""
-    pcm = (np.clip(np.atleast_2d(samples), -1, 1) * 32767).astype(np.int16)
-    with av.open(str(path), "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm.T.reshape(1, -1)), format="s16", layout=layout)
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
+def _write(samples: np.ndarray, path: Path) -> Path:
+    """16-bit FLAC of (samples,) mono or (2, samples) stereo."""
+    path.write_bytes(encode(samples))
     return path
 
 
@@ -146,7 +140,7 @@ def test_two_speakers_get_two_labels_and_a_low_der(setup, two_speakers) -> None:
     _check_labels(t)
     assert {s.speaker for s in t.segments} == {"S1", "S2"}
     result = der(conv.turns, turns_of(t.segments))
-    assert result.der < MAX_DER, result
+    assert result.der < MAX_DER and result.confusion < MAX_CONFUSION_S, result
     assert result.mapping == {"S1": "lj", "S2": "ls1272"}  # labels in order of first appearance
 
 
@@ -158,7 +152,8 @@ def test_speakers_n_gives_n_labels(setup, three_speakers, n: int) -> None:
     _check_labels(t)
     assert {s.speaker for s in t.segments} == {f"S{k + 1}" for k in range(n)}
     if n == 3:
-        assert der(conv.turns, turns_of(t.segments)).der < MAX_DER
+        result = der(conv.turns, turns_of(t.segments))
+        assert result.der < MAX_DER and result.confusion < MAX_CONFUSION_S, result
 
 
 def test_auto_finds_three_and_max_speakers_bounds_it(setup, three_speakers) -> None:
@@ -185,7 +180,7 @@ def stereo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
     pcm = np.zeros((2, n), dtype=np.float32)
     pcm[0, SAMPLE_RATE // 2:SAMPLE_RATE // 2 + len(left)] = left
     pcm[1, 6 * SAMPLE_RATE:6 * SAMPLE_RATE + len(right)] = right
-    return _write(pcm, tmp_path_factory.mktemp("stereo") / "call.flac", layout="stereo"), pcm[0], pcm[1]
+    return _write(pcm, tmp_path_factory.mktemp("stereo") / "call.flac"), pcm[0], pcm[1]
 
 
 def test_one_channel_decodes_alone(stereo) -> None:
@@ -245,3 +240,14 @@ def test_bad_speaker_options_are_400(tiny_server, query: str, needle: str) -> No
     assert r.status_code == 400
     err = ErrorRecord.from_json(r.text)
     assert err.code == "bad_option" and needle in err.message
+
+
+def test_segments_without_words_take_their_windows_majority() -> None:
+    """What a backend without word timings (triton) gets: one label per segment."""
+    from whisper_contract import Segment
+
+    centres = np.array([0.8, 1.6, 2.4, 3.2, 4.0, 4.8])
+    speakers = np.array([0, 0, 1, 1, 1, 0])
+    segs = [Segment(0, 0.0, 2.0, " a", -0.1, 0.0), Segment(1, 2.0, 4.9, " b", -0.1, 0.0),
+            Segment(2, 9.0, 9.5, " c", -0.1, 0.0)]
+    assert [s.speaker for s in diarize.label_segments(segs, centres, speakers)] == ["S1", "S2", "S1"]

@@ -112,3 +112,13 @@ def test_cli_flags_travel_as_options() -> None:
     assert main._options(args)[0].channels == "separate"
     with pytest.raises(ContractError, match="from 1 to 30"):
         main._options(main.build_parser().parse_args(["submit", "a.wav", "--speakers", "40"]))
+
+
+def test_s3_metadata_over_deployment_defaults_reach_the_container_intact() -> None:
+    """The trigger's path: the object's metadata over DEFAULT_OPTIONS, into the custom
+    attributes header, parsed again by the container."""
+    opts = RequestOptions.with_defaults("formats=json,srt&speakers=auto", {"max-speakers": "3"})
+    again = RequestOptions.from_query(opts.to_custom_attributes())
+    assert (again.speakers, again.max_speakers, again.formats) == ("auto", 3, ("json", "srt"))
+    with pytest.raises(ContractError, match="applies to speakers=auto only"):
+        RequestOptions.with_defaults("formats=json", {"max-speakers": "3"})

@@ -241,9 +241,9 @@ def label_segments(segments: Sequence[Segment], centres: np.ndarray, speakers: n
                 out.append(replace(seg, start=part[0].start, end=part[-1].end, text="".join(w.word for w in part),
                                    words=part, speaker=speaker))
             continue
-        inside = [i for i, c in enumerate(centres) if seg.start <= c <= seg.end]
-        if inside:
-            speaker = speaker_label(Counter(int(speakers[i]) for i in inside).most_common(1)[0][0])
+        inside = speakers[np.searchsorted(centres, seg.start):np.searchsorted(centres, seg.end, side="right")]
+        if len(inside):
+            speaker = speaker_label(Counter(inside.tolist()).most_common(1)[0][0])
         else:
             speaker = _speaker_at(centres, speakers, (seg.start + seg.end) / 2)
         out.append(replace(seg, speaker=speaker, words=None if seg.words is None else tuple(
