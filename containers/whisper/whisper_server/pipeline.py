@@ -216,21 +216,22 @@ def validate(options: RequestOptions, backend: Backend) -> None:
                                 f"model {backend.info.model!r} is English-only: it cannot translate")
 
 
-def speech_timestamps(buffer: np.ndarray, device: str | None = None) -> list[dict[str, int]]:
-    """Speech regions of ``buffer`` as {"start", "end"} sample indices."""
-    probs = vad.model(device).probabilities(buffer)
-    return [{"start": a, "end": b} for a, b in vad.speech_regions(probs, len(buffer), VAD_PARAMS)]
-
-
 def vad_device(backend: Backend) -> str | None:
     """The VAD runs on the torch backend's GPU (images with torch); elsewhere in NumPy."""
     return backend.info.device if backend.info.backend == "torch" and backend.info.device != "cpu" else None
 
 
 def vad_chunks(blocks: Iterator[np.ndarray], device: str | None = None) -> Iterator[Chunk]:
-    """Chunks of speech (<= 30 s each, cut at silences) from a stream of 16 kHz blocks."""
+    """Chunks of speech (<= 30 s each, cut at silences) from a stream of 16 kHz blocks.
+
+    The VAD runs once over the file (a VadStream); the buffer keeps the probabilities of its
+    windows, so audio carried over to the next look-ahead window is not run again. The
+    buffer starts on a window boundary; ``lead`` is how much of it was already chunked."""
+    stream = vad.VadStream(vad.model(device))
     buffer = np.zeros(0, dtype=np.float32)
-    offset = 0  # global index of buffer[0]
+    probs = np.zeros(0, dtype=np.float32)  # one per window of buffer, from its start
+    offset = 0  # global index of buffer[0], a multiple of vad.WINDOW
+    fed = lead = 0  # samples of buffer given to the VAD / already chunked
     blocks = iter(blocks)
     done = False
     while not done:
@@ -241,13 +242,16 @@ def vad_chunks(blocks: Iterator[np.ndarray], device: str | None = None) -> Itera
             buffer = np.concatenate([buffer, block]) if len(buffer) else block
             if len(buffer) < WINDOW_SAMPLES:
                 continue
-        if not len(buffer):
+        if len(buffer) <= lead:
             break
-        regions = speech_timestamps(buffer, device)
+        probs = np.concatenate([probs, stream.feed(buffer[fed:])] + ([stream.flush()] if done else []))
+        fed = len(buffer)
+        regions = [{"start": max(a, lead), "end": b}
+                   for a, b in vad.speech_regions(probs, len(buffer), VAD_PARAMS) if b > lead]
         if done:
             cut = len(buffer)
         elif not regions:
-            cut = max(0, len(buffer) - SETTLED_SILENCE_SAMPLES)  # keep a little: speech may start here
+            cut = max(lead, len(buffer) - SETTLED_SILENCE_SAMPLES)  # keep a little: speech may start here
         elif len(buffer) - regions[-1]["end"] >= SETTLED_SILENCE_SAMPLES:
             cut = regions[-1]["end"]
         else:  # the last region may continue in the next block: decide it next time
@@ -255,8 +259,9 @@ def vad_chunks(blocks: Iterator[np.ndarray], device: str | None = None) -> Itera
             regions = regions[:-1]
         for group in _group(regions):
             yield _chunk(buffer, offset, group)
-        buffer = buffer[cut:]
-        offset += cut
+        drop = cut // vad.WINDOW * vad.WINDOW
+        buffer, probs = buffer[drop:], probs[drop // vad.WINDOW:]
+        offset, fed, lead = offset + drop, fed - drop, cut - drop
 
 
 def fixed_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
