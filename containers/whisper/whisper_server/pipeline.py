@@ -1,17 +1,21 @@
 """Long-form transcription: stream, segment at silences, decode in batches, place globally.
 
 Audio arrives as 30 s blocks and collects in a window of at most ``WINDOW_SECONDS``. Silero
-VAD (faster-whisper's copy) marks the speech in the window; speech regions are laid end to
+VAD (vad.py, run once over the file) marks the speech in the window; speech regions are laid end to
 end into chunks of at most 30 s of speech (silences left out, times mapped back), so no word
 is split between two chunks and none is decoded twice. The last region of a window may run on into the next
 one, so it is carried over rather than cut. Chunks are decoded ``batch_size`` at a time;
-the language is detected once, on the first chunk of speech. Memory stays bounded by the
-window and the batch, whatever the file's length.
+the language is detected once, on the first chunk of speech. The front end (decode, VAD,
+chunking) runs in a thread of its own, at most a batch ahead (``produce``), so it works
+while the model decodes; in the server the backend is a ``Batcher`` (batcher.py) whose
+batches mix the chunks of concurrent requests. Memory stays bounded by the window, the
+queue and the batch, whatever the file's length.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +26,7 @@ import numpy as np
 
 from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
 from whisper_server import audio, vad
+from whisper_server.batcher import batch_size
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
 from whisper_server.decoding import is_silence
 from whisper_server.settings import Settings
@@ -275,6 +280,55 @@ def fixed_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
         offset += len(block)
 
 
+_END = object()
+
+
+def produce(chunks: Iterator[Chunk], ahead: int) -> Iterator[Chunk]:
+    """``chunks`` (decode, resample, VAD: the CPU front end), run in a thread of their own
+    at most ``ahead`` chunks in front of the caller, so the model decodes one batch while
+    the next is cut, and memory stays bounded whatever the file's length. An error in the
+    front end is raised here, where the generator itself would have raised it; when the
+    caller stops (an error, a cancel, or done), the front end stops at its next chunk."""
+    ready: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for chunk in chunks:
+                if not put((chunk, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            put((None, exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # closes the audio file now, on this thread
+
+    thread = threading.Thread(target=run, name="front-end", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)  # a block being decoded finishes first; never hang the request
+
+
 class _Budget:
     """Cuts the job short on the request deadline, a cancel (client gone, shutdown) or
     audio longer than allowed."""
@@ -314,7 +368,8 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                             f"{settings.max_audio_s:.0f} s are allowed")
     budget = _Budget(settings, deadline, cancel)
     blocks = budget.count(audio.iter_blocks(path))
-    chunks = vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks)
+    size = batch_size(settings, backend)
+    chunks = produce(vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks), ahead=size)
 
     language, language_probability = options.language, 1.0
     decode: DecodeOptions | None = None
@@ -359,7 +414,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                                    word_timestamps=backend.capabilities.word_timestamps,
                                    initial_prompt=options.initial_prompt, hotwords=options.hotwords)
         batch.append(chunk)
-        if len(batch) >= settings.batch_size:
+        if len(batch) >= size:
             flush()
     if batch:
         flush()
