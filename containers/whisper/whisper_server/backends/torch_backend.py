@@ -162,7 +162,8 @@ class StepRunner:
                     decoder(self.tokens, self.pos, state)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
+            # thread_local: the front end's threads run the VAD on this GPU meanwhile.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
                 self.logits = decoder(self.tokens, self.pos, state)
 
     @torch.no_grad()
