@@ -42,6 +42,9 @@ VAD_PARAMS = vad.VadParams(max_speech_s=CHUNK_SAMPLES / SAMPLE_RATE, min_silence
 # A segment is split where at least this much silence was cut out of its chunk.
 SPLIT_GAP_S = 1.0
 FIXED_PIECE_SAMPLES = 5 * SAMPLE_RATE
+# The front end runs at most this many chunks (30 s each, 1.9 MB) ahead of the model, per
+# request: a batch's worth, capped so 64 requests in flight hold at most ~4 GB of queued audio.
+MAX_AHEAD = 32
 # Stretches of speech at least this long with no decoded word get a second decode.
 MIN_MISSED_S = 1.0
 
@@ -369,7 +372,8 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
     budget = _Budget(settings, deadline, cancel)
     blocks = budget.count(audio.iter_blocks(path))
     size = batch_size(settings, backend)
-    chunks = produce(vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks), ahead=size)
+    chunks = produce(vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks),
+                     ahead=min(size, MAX_AHEAD))
 
     language, language_probability = options.language, 1.0
     decode: DecodeOptions | None = None
