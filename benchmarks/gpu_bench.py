@@ -328,7 +328,7 @@ class ForcedStep:
                 self._step(advance=False)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
             self._step(advance=True)
 
     def _step(self, advance: bool) -> None:

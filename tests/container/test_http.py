@@ -33,7 +33,10 @@ def _bound(name: str) -> float:
 def test_ping_is_ready_and_fast(tiny_server):
     response = tiny_server.ping()
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "admitted": 0, "receiving": 0}
+    body = response.json()
+    assert {k: body[k] for k in ("status", "admitted", "receiving")} == {"status": "ready", "admitted": 0, "receiving": 0}
+    assert set(body) == {"status", "admitted", "receiving", "batches", "mixed_batches"}
+    assert body["batches"] >= 1  # at least the warm-up decode went through the batcher
     assert response.elapsed.total_seconds() < 2
 
 

@@ -11,7 +11,7 @@ import pytest
 from whisper_contract import RequestOptions, Transcript, render
 from whisper_contract.formats import MIN_CUE_S
 from whisper_eval.wer import normalize, wer
-from whisper_server import pipeline
+from whisper_server import pipeline, vad
 from whisper_server.backends import load_backend
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE
 from whisper_server.settings import Settings
@@ -121,13 +121,13 @@ def test_long_silence_is_not_carried_forever(monkeypatch):
     monkeypatch.setattr(pipeline, "WINDOW_SAMPLES", 10 * SAMPLE_RATE)
     blocks = (np.zeros(SAMPLE_RATE * 5, dtype=np.float32) for _ in range(60))  # 5 minutes
     seen = []
-    real = pipeline.speech_timestamps
+    real = vad.speech_regions
 
-    def spy(audio, device=None):
-        seen.append(len(audio))
-        return real(audio, device)
+    def spy(probs, n_samples, params):
+        seen.append(n_samples)
+        return real(probs, n_samples, params)
 
-    monkeypatch.setattr(pipeline, "speech_timestamps", spy)
+    monkeypatch.setattr(vad, "speech_regions", spy)
     assert list(pipeline.vad_chunks(blocks)) == []
     assert max(seen) <= 16 * SAMPLE_RATE
 

@@ -1,17 +1,21 @@
 """Long-form transcription: stream, segment at silences, decode in batches, place globally.
 
 Audio arrives as 30 s blocks and collects in a window of at most ``WINDOW_SECONDS``. Silero
-VAD (faster-whisper's copy) marks the speech in the window; speech regions are laid end to
+VAD (vad.py, run once over the file) marks the speech in the window; speech regions are laid end to
 end into chunks of at most 30 s of speech (silences left out, times mapped back), so no word
 is split between two chunks and none is decoded twice. The last region of a window may run on into the next
 one, so it is carried over rather than cut. Chunks are decoded ``batch_size`` at a time;
-the language is detected once, on the first chunk of speech. Memory stays bounded by the
-window and the batch, whatever the file's length.
+the language is detected once, on the first chunk of speech. The front end (decode, VAD,
+chunking) runs in a thread of its own, at most a batch ahead (``produce``), so it works
+while the model decodes; in the server the backend is a ``Batcher`` (batcher.py) whose
+batches mix the chunks of concurrent requests. Memory stays bounded by the window, the
+queue and the batch, whatever the file's length.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +27,7 @@ import numpy as np
 from whisper_contract import ContractError, ErrorCode, RequestOptions, Segment, Timings, Transcript, Word
 from whisper_contract.postprocess import finish
 from whisper_server import audio, diarize, vad
+from whisper_server.batcher import batch_size
 from whisper_server.backends.base import CHUNK_SAMPLES, SAMPLE_RATE, Backend, DecodeOptions
 from whisper_server.decoding import is_silence
 from whisper_server.settings import Settings
@@ -38,6 +43,9 @@ VAD_PARAMS = vad.VadParams(max_speech_s=CHUNK_SAMPLES / SAMPLE_RATE, min_silence
 # A segment is split where at least this much silence was cut out of its chunk.
 SPLIT_GAP_S = 1.0
 FIXED_PIECE_SAMPLES = 5 * SAMPLE_RATE
+# The front end runs at most this many chunks (30 s each, 1.9 MB) ahead of the model, per
+# request: a batch's worth, capped so 64 requests in flight hold at most ~4 GB of queued audio.
+MAX_AHEAD = 32
 # Stretches of speech at least this long with no decoded word get a second decode.
 MIN_MISSED_S = 1.0
 
@@ -221,21 +229,22 @@ def validate(options: RequestOptions, backend: Backend) -> None:
                                 f"model {backend.info.model!r} is English-only: it cannot translate")
 
 
-def speech_timestamps(buffer: np.ndarray, device: str | None = None) -> list[dict[str, int]]:
-    """Speech regions of ``buffer`` as {"start", "end"} sample indices."""
-    probs = vad.model(device).probabilities(buffer)
-    return [{"start": a, "end": b} for a, b in vad.speech_regions(probs, len(buffer), VAD_PARAMS)]
-
-
 def vad_device(backend: Backend) -> str | None:
     """The VAD runs on the torch backend's GPU (images with torch); elsewhere in NumPy."""
     return backend.info.device if backend.info.backend == "torch" and backend.info.device != "cpu" else None
 
 
 def vad_chunks(blocks: Iterator[np.ndarray], device: str | None = None) -> Iterator[Chunk]:
-    """Chunks of speech (<= 30 s each, cut at silences) from a stream of 16 kHz blocks."""
+    """Chunks of speech (<= 30 s each, cut at silences) from a stream of 16 kHz blocks.
+
+    The VAD runs once over the file (a VadStream); the buffer keeps the probabilities of its
+    windows, so audio carried over to the next look-ahead window is not run again. The
+    buffer starts on a window boundary; ``lead`` is how much of it was already chunked."""
+    stream = vad.VadStream(vad.model(device))
     buffer = np.zeros(0, dtype=np.float32)
-    offset = 0  # global index of buffer[0]
+    probs = np.zeros(0, dtype=np.float32)  # one per window of buffer, from its start
+    offset = 0  # global index of buffer[0], a multiple of vad.WINDOW
+    fed = lead = 0  # samples of buffer given to the VAD / already chunked
     blocks = iter(blocks)
     done = False
     while not done:
@@ -246,13 +255,16 @@ def vad_chunks(blocks: Iterator[np.ndarray], device: str | None = None) -> Itera
             buffer = np.concatenate([buffer, block]) if len(buffer) else block
             if len(buffer) < WINDOW_SAMPLES:
                 continue
-        if not len(buffer):
+        if len(buffer) <= lead:
             break
-        regions = speech_timestamps(buffer, device)
+        probs = np.concatenate([probs, stream.feed(buffer[fed:])] + ([stream.flush()] if done else []))
+        fed = len(buffer)
+        regions = [{"start": max(a, lead), "end": b}
+                   for a, b in vad.speech_regions(probs, len(buffer), VAD_PARAMS) if b > lead]
         if done:
             cut = len(buffer)
         elif not regions:
-            cut = max(0, len(buffer) - SETTLED_SILENCE_SAMPLES)  # keep a little: speech may start here
+            cut = max(lead, len(buffer) - SETTLED_SILENCE_SAMPLES)  # keep a little: speech may start here
         elif len(buffer) - regions[-1]["end"] >= SETTLED_SILENCE_SAMPLES:
             cut = regions[-1]["end"]
         else:  # the last region may continue in the next block: decide it next time
@@ -260,8 +272,9 @@ def vad_chunks(blocks: Iterator[np.ndarray], device: str | None = None) -> Itera
             regions = regions[:-1]
         for group in _group(regions):
             yield _chunk(buffer, offset, group)
-        buffer = buffer[cut:]
-        offset += cut
+        drop = cut // vad.WINDOW * vad.WINDOW
+        buffer, probs = buffer[drop:], probs[drop // vad.WINDOW:]
+        offset, fed, lead = offset + drop, fed - drop, cut - drop
 
 
 def fixed_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
@@ -273,6 +286,55 @@ def fixed_chunks(blocks: Iterator[np.ndarray]) -> Iterator[Chunk]:
                        for at in range(0, len(block), FIXED_PIECE_SAMPLES))
         yield Chunk(block, pieces)
         offset += len(block)
+
+
+_END = object()
+
+
+def produce(chunks: Iterator[Chunk], ahead: int) -> Iterator[Chunk]:
+    """``chunks`` (decode, resample, VAD: the CPU front end), run in a thread of their own
+    at most ``ahead`` chunks in front of the caller, so the model decodes one batch while
+    the next is cut, and memory stays bounded whatever the file's length. An error in the
+    front end is raised here, where the generator itself would have raised it; when the
+    caller stops (an error, a cancel, or done), the front end stops at its next chunk."""
+    ready: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for chunk in chunks:
+                if not put((chunk, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            put((None, exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # closes the audio file now, on this thread
+
+    thread = threading.Thread(target=run, name="front-end", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)  # a block being decoded finishes first; never hang the request
 
 
 class _Budget:
@@ -321,7 +383,9 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
             for c in range(max(info.channels, 1))]), options)
     budget = _Budget(settings, deadline, cancel)
     blocks = budget.count(audio.iter_blocks(path, channel=channel))
-    chunks = vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks)
+    size = batch_size(settings, backend)
+    chunks = produce(vad_chunks(blocks, vad_device(backend)) if options.vad else fixed_chunks(blocks),
+                     ahead=min(size, MAX_AHEAD))
 
     language, language_probability = options.language, 1.0
     decode: DecodeOptions | None = None
@@ -368,7 +432,7 @@ def transcribe_file(path: Path, options: RequestOptions, backend: Backend, setti
                                    initial_prompt=options.initial_prompt, hotwords=options.hotwords)
         batch.append(chunk)
         speech += [(start, length) for _, start, length in chunk.pieces]
-        if len(batch) >= settings.batch_size:
+        if len(batch) >= size:
             flush()
     if batch:
         flush()

@@ -37,6 +37,7 @@ from starlette.routing import Route
 from whisper_contract import CONTENT_TYPES, ContractError, ErrorCode, RequestOptions, Transcript, render
 from whisper_contract.options import FORMATS, LANGUAGES, OPTION_ALIASES, OPTION_NAMES, TASKS
 from whisper_server.backends import Backend, DecodeOptions, load_backend
+from whisper_server.batcher import Batcher
 from whisper_server.backends.base import SAMPLE_RATE
 from whisper_server.metering import Meter
 from whisper_server.negotiate import CUSTOM_ATTRIBUTES, choose_format, parse_options
@@ -120,6 +121,8 @@ class WhisperService:
         self.settings = settings
         self.backend_factory = backend_factory
         self.backend: Backend | None = None
+        # Every model call goes through the batcher's one model thread (batcher.py).
+        self.batcher = Batcher()
         self.load_error: str | None = None
         self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="decode")
         self.admitted = 0  # decoding + queued (bodies fully received)
@@ -137,11 +140,12 @@ class WhisperService:
         """Load and warm up the model (runs in a background thread at start-up)."""
         started = time.perf_counter()
         try:
-            backend = self.backend_factory(self.settings)
+            backend = self.batcher.load(lambda: self.backend_factory(self.settings), self.settings)
             # One tiny decode so the first real request does not pay for lazy initialisation.
-            backend.transcribe_chunks([np.zeros(SAMPLE_RATE, dtype=np.float32)], DecodeOptions(language="en"))
+            self.batcher.transcribe_chunks([np.zeros(SAMPLE_RATE, dtype=np.float32)], DecodeOptions(language="en"))
             self.backend = backend
-            log.info("model %s ready in %.1f s (%s)", backend.info.model, time.perf_counter() - started, backend.info)
+            log.info("model %s ready in %.1f s (%s); batches of up to %d chunks", backend.info.model,
+                     time.perf_counter() - started, backend.info, self.batcher.max_batch)
         except Exception as exc:  # noqa: BLE001 - any load failure must stop the server loudly
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load from %s", self.settings.model_dir)
@@ -168,6 +172,7 @@ class WhisperService:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.batcher.close()
         if self.backend is not None:
             self.backend.close()
 
@@ -181,7 +186,8 @@ class WhisperService:
         if not getattr(self.backend, "alive", lambda: True)():
             return error_response(ContractError(ErrorCode.NOT_READY, "not ready: the inference backend died"))
         # The counts let an operator (and the tests) see admitted work without reading logs.
-        body = json.dumps({"status": "ready", "admitted": self.admitted, "receiving": self.receiving})
+        body = json.dumps({"status": "ready", "admitted": self.admitted, "receiving": self.receiving,
+                           "batches": self.batcher.batches, "mixed_batches": self.batcher.mixed})
         return Response(body, media_type=CONTENT_TYPES["json"])
 
     async def invocations(self, request: Request) -> Response:
@@ -277,7 +283,7 @@ class WhisperService:
                    deadline: float) -> Transcript:
         cancel = threading.Event()
         future = asyncio.wrap_future(self.executor.submit(
-            self._transcribe, path, options, backend, self.settings, deadline=deadline, cancel=cancel))
+            self._transcribe, path, options, self.batcher, self.settings, deadline=deadline, cancel=cancel))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             while True:
@@ -311,8 +317,8 @@ async def _disconnected(request: Request) -> None:
 def create_app(service: WhisperService) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Loaded on a decode worker: the thread that loads a CTranslate2 model should be one
-        # that stays alive and runs its requests.
+        # Started from a decode worker; the batcher's model thread builds the model and runs
+        # every decode (a CTranslate2 model is best used by the thread that loaded it).
         removed = clean_spool(service.spool_root)
         if removed:
             log.info("removed %d request folder(s) left by a killed server", removed)

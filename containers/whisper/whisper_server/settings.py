@@ -63,7 +63,9 @@ class Settings:
     request_timeout_s: float = 3300.0  # under the async endpoint's 3600 s invocation limit
     max_input_bytes: int = 1 << 30  # the async payload limit (1 GB)
     max_audio_s: float = 4 * 3600.0
-    batch_size: int = 8  # chunks of <= 30 s decoded together
+    # Chunks of <= 30 s decoded together, across requests; 0: the backend chooses (the torch
+    # backend from the GPU's memory and the model, batcher.batch_size).
+    batch_size: int = 0
     cpu_threads: int = 0  # 0: CTranslate2 picks
     port: int = DEFAULT_PORT
     # SageMaker sends SIGKILL 30 s after SIGTERM; in-flight work gets this long, and the
@@ -96,7 +98,7 @@ class Settings:
             request_timeout_s=_float(e, env.REQUEST_TIMEOUT_S, cls.request_timeout_s),
             max_input_bytes=_int(e, env.MAX_INPUT_BYTES, cls.max_input_bytes),
             max_audio_s=_float(e, env.MAX_AUDIO_S, cls.max_audio_s),
-            batch_size=_int(e, env.BATCH_SIZE, cls.batch_size),
+            batch_size=_int(e, env.BATCH_SIZE, cls.batch_size, minimum=0),
             cpu_threads=_int(e, env.CPU_THREADS, cls.cpu_threads, minimum=0),
             port=_int(e, env.PORT, cls.port),
             shutdown_grace_s=_float(e, env.SHUTDOWN_GRACE_S, cls.shutdown_grace_s),

@@ -7,7 +7,10 @@ docs/benchmarks.md) and imports CTranslate2 on the way, so a torch-only image co
 use it. The network is small (an STFT, four 3-tap convolutions, one LSTM cell): its
 convolutions run for all windows at once as matrix products, and only the LSTM step is
 sequential. Long inputs are cut into streams that step in lockstep, each warmed up on the
-audio just before it, so the sequential part costs a few hundred steps per hour of audio.
+audio just before it, so the sequential part costs a few thousand steps per hour of audio;
+with torch (the GPU) all those steps are one fused LSTM call (cuDNN) instead of a Python
+loop. ``VadStream`` carries the context and the LSTM state from one piece of a file to the
+next, so the pipeline runs each window once, however the file is cut into look-ahead buffers.
 
 The weights (assets/silero_vad_v6.npz) are the ONNX initializers of Silero VAD v6 as
 faster-whisper ships it (MIT licence, github.com/snakers4/silero-vad); the LSTM biases are
@@ -82,6 +85,10 @@ class _NumpyOps:
     def numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x, dtype=np.float32)
 
+    def lstm(self, w_ih: np.ndarray, w_hh: np.ndarray, bias: np.ndarray) -> Any:
+        """A fused LSTM over (streams, steps, 128), or None: step it in Python (_lstm_steps)."""
+        return None
+
 
 class _TorchOps(_NumpyOps):
     def __init__(self, device: str) -> None:
@@ -117,6 +124,26 @@ class _TorchOps(_NumpyOps):
     def numpy(self, x: Any) -> np.ndarray:
         return x.float().cpu().numpy()
 
+    def lstm(self, w_ih: np.ndarray, w_hh: np.ndarray, bias: np.ndarray) -> Any:
+        """torch's LSTM (cuDNN on CUDA): every step of every stream in one call, where a
+        Python loop would launch a dozen small kernels per 32 ms step."""
+        torch = self.xp
+        # torch's gate order is (i, f, g, o); Silero's ONNX export is (i, o, f, g).
+        order = np.r_[0:_HIDDEN, 2 * _HIDDEN:4 * _HIDDEN, _HIDDEN:2 * _HIDDEN]
+        net = torch.nn.LSTM(_HIDDEN, _HIDDEN, batch_first=True).to(self.device).requires_grad_(False)
+        with torch.no_grad():
+            net.weight_ih_l0.copy_(self.asarray(w_ih[order]))
+            net.weight_hh_l0.copy_(self.asarray(w_hh[order]))
+            net.bias_ih_l0.copy_(self.asarray(bias[order]))
+            net.bias_hh_l0.zero_()  # the file's biases are pre-summed
+
+        def run(batch: Any, h: Any, c: Any) -> tuple[Any, tuple[Any, Any]]:
+            with torch.no_grad():
+                out, (h, c) = net(batch, (h[None].contiguous(), c[None].contiguous()))
+            return out, (h[0], c[0])
+
+        return run
+
 
 class SileroVad:
     """The network, written once over NumPy (CPU images) or torch (``device``, e.g. cuda)."""
@@ -130,6 +157,7 @@ class SileroVad:
                        ops.asarray(w[f"conv{i}_b"]), stride) for i, stride in enumerate((1, 2, 2, 1))]
         self._lstm_w, self._lstm_r = ops.asarray(w["lstm_w"].T), ops.asarray(w["lstm_r"].T)
         self._lstm_b = ops.asarray(w["lstm_b"])
+        self._run_lstm = ops.lstm(w["lstm_w"], w["lstm_r"], w["lstm_b"]) or self._lstm_steps
         self._out_w, self._out_b = ops.asarray(w["out_w"][0]), ops.asarray(w["out_b"][0])
         # The model's STFT is a periodic-Hann DFT (its basis matches to 1e-7): real parts,
         # then imaginary parts, as one (256, 258) matrix.
@@ -145,18 +173,17 @@ class SileroVad:
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Speech probability of each 512-sample window of ``audio`` (zero-padded at the end)."""
-        audio = np.asarray(audio, dtype=np.float32)
-        n = -(-len(audio) // WINDOW)
-        if n == 0:
-            return np.zeros(0, dtype=np.float32)
-        padded = np.zeros((n + 1) * WINDOW, dtype=np.float32)  # one window of zeros in front
-        padded[WINDOW : WINDOW + len(audio)] = audio
-        windows = padded.reshape(n + 1, WINDOW)
-        x = np.concatenate([windows[:-1, -CONTEXT:], windows[1:]], axis=1)  # (n, 64 + 512)
-        return self.ops.numpy(self._decode(self._lstm(self._encode(self.ops.asarray(x)))))
+        stream = VadStream(self)
+        return np.concatenate([stream.feed(audio), stream.flush()])
+
+    def windows(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """Probabilities of ``x``'s (n, 64 + 512) windows (context + samples) that follow
+        LSTM ``state`` (None: the start of the audio), and the state after the last one."""
+        hidden, state = self._lstm(self._encode(self.ops.asarray(x)), state)
+        return self.ops.numpy(self._decode(hidden)), state
 
     def _encode(self, x: Any) -> Any:
-        """(n, 576) samples -> (n, 4*128) LSTM input projections, all windows at once."""
+        """(n, 576) samples -> (n, 128) LSTM inputs, all windows at once."""
         ops = self.ops
         n = len(x)
         frames = x[:, self._frames].reshape(n * 4, _N_FFT)  # 4 frames per window; 2-D for one GEMM
@@ -164,7 +191,7 @@ class SileroVad:
         h = ops.sqrt(spec[..., : _N_FFT // 2 + 1] ** 2 + spec[..., _N_FFT // 2 + 1 :] ** 2)  # (n, 4, 129)
         for weight, bias, stride in self._conv:
             h = ops.relu(self._conv3(h, weight, bias, stride))
-        return h[:, 0, :] @ self._lstm_w + self._lstm_b  # (n, 512)
+        return h[:, 0, :]
 
     def _conv3(self, x: Any, weight: Any, bias: Any, stride: int) -> Any:
         """Kernel-3, padding-1 convolution, time-major: (n, t, cin) -> (n, t_out, cout),
@@ -176,36 +203,95 @@ class SileroVad:
         taps = self.ops.cat([xp[:, k : k + stride * (t_out - 1) + 1 : stride] for k in range(3)], axis=2)
         return (taps.reshape(n * t_out, 3 * cin) @ weight + bias).reshape(n, t_out, -1)
 
-    def _lstm(self, xw: Any) -> Any:
-        """Hidden states for the projected inputs, in lockstep streams for long inputs."""
+    def _lstm(self, x: Any, state: Any) -> tuple[Any, Any]:
+        """Hidden states for the inputs, in lockstep streams for long inputs (_layout), and
+        the state after the last input."""
         ops = self.ops
-        n = len(xw)
-        streams = max(1, -(-n // STREAM_WINDOWS))
-        warm = WARMUP_WINDOWS if streams > 1 else 0
-        span = min(n, STREAM_WINDOWS)
-        # Stream s holds windows [s*span - warm, (s+1)*span); stream 0's warm-up is zeros
-        # with the state held at zero, so it starts exactly where the model would.
-        front = ops.cat([ops.zeros((warm, xw.shape[1])), xw, ops.zeros((streams * span - n, xw.shape[1]))], axis=0)
-        batch = ops.cat([front[None, s * span : s * span + warm + span] for s in range(streams)], axis=0)
-        h = ops.zeros((streams, _HIDDEN))
-        c = ops.zeros((streams, _HIDDEN))
-        keep = ops.asarray((np.arange(streams) > 0).astype(np.float32))[:, None]
+        n = len(x)
+        starts, steps, pick = _layout(n)
+        batch = ops.cat([x[None, s : s + steps] for s in starts], axis=0)  # (streams, steps, 128)
+        h0 = ops.zeros((len(starts), _HIDDEN))
+        c0 = ops.zeros((len(starts), _HIDDEN))
+        if state is not None:  # stream 0 goes on from where the last call ended
+            h0[0], c0[0] = state[0][0], state[1][0]
+        out, (h, c) = self._run_lstm(batch, h0, c0)
+        # The last stream ends at the last input, so its final state is the one to carry.
+        return out.reshape(len(starts) * steps, _HIDDEN)[ops.index(pick)], (h[-1:], c[-1:])
+
+    def _lstm_steps(self, batch: Any, h: Any, c: Any) -> tuple[Any, tuple[Any, Any]]:
+        """The LSTM over (streams, steps, 128), one step at a time (Silero's gate order)."""
+        ops = self.ops
+        xw = batch @ self._lstm_w + self._lstm_b
         out = []
-        for t in range(warm + span):
-            g = batch[:, t] + h @ self._lstm_r
+        for t in range(batch.shape[1]):
+            g = xw[:, t] + h @ self._lstm_r
             i = ops.sigmoid(g[:, :_HIDDEN])
             o = ops.sigmoid(g[:, _HIDDEN : 2 * _HIDDEN])
             f = ops.sigmoid(g[:, 2 * _HIDDEN : 3 * _HIDDEN])
             c = f * c + i * ops.tanh(g[:, 3 * _HIDDEN :])
             h = o * ops.tanh(c)
-            if t < warm:
-                h, c = h * keep, c * keep
-            else:
-                out.append(h[:, None])
-        return ops.cat(out, axis=1).reshape(streams * span, _HIDDEN)[:n]
+            out.append(h[:, None])
+        return ops.cat(out, axis=1), (h, c)
 
     def _decode(self, hidden: Any) -> Any:
         return self.ops.sigmoid(self.ops.relu(hidden) @ self._out_w + self._out_b)
+
+
+def _layout(n: int) -> tuple[list[int], int, np.ndarray]:
+    """Lockstep streams over ``n`` LSTM inputs: where each stream starts, the steps each
+    takes, and where each input's output lies in the flattened (streams x steps) result.
+    Up to STREAM_WINDOWS + WARMUP_WINDOWS inputs: one stream, exact. Beyond: stream 0
+    starts at the first input (from the carried state), stream s at WARMUP_WINDOWS before
+    the span it answers for (from zeros), and the last one ends at the last input, so all
+    take the same steps and the last one's final state is the state to carry on with."""
+    span, warm = STREAM_WINDOWS, WARMUP_WINDOWS
+    if n <= span + warm:
+        return [0], n, np.arange(n)
+    streams, steps = -(-n // span), span + warm
+    starts = [0] + [s * span - warm for s in range(1, streams - 1)] + [n - steps]
+    windows = np.arange(n)
+    stream = np.minimum(windows // span, streams - 1)
+    return starts, steps, stream * steps + windows - np.asarray(starts)[stream]
+
+
+class VadStream:
+    """Speech probabilities of one audio stream fed in pieces of any size. Each window runs
+    once: the 64 samples of context and the LSTM state carry from piece to piece, so a long
+    file costs one pass, not one per look-ahead buffer. Fed whole, it is ``probabilities``."""
+
+    def __init__(self, net: SileroVad) -> None:
+        self.net = net
+        self._pending = np.zeros(0, dtype=np.float32)  # samples short of a whole window
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+        self._state: Any = None
+        self.windows = 0  # probabilities returned so far
+
+    def feed(self, audio: np.ndarray) -> np.ndarray:
+        """Probabilities of the windows that ``audio`` completes."""
+        data = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32)])
+        whole = len(data) // WINDOW * WINDOW
+        self._pending = data[whole:]
+        return self._run(data[:whole])
+
+    def flush(self) -> np.ndarray:
+        """The last, partial window, zero-padded (nothing if the audio ended on a boundary)."""
+        if not len(self._pending):
+            return np.zeros(0, dtype=np.float32)
+        last = np.zeros(WINDOW, dtype=np.float32)
+        last[: len(self._pending)] = self._pending
+        self._pending = np.zeros(0, dtype=np.float32)
+        return self._run(last)
+
+    def _run(self, samples: np.ndarray) -> np.ndarray:
+        n = len(samples) // WINDOW
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        windows = samples.reshape(n, WINDOW)
+        context = np.concatenate([self._context[None], windows[:-1, -CONTEXT:]])
+        self._context = windows[-1, -CONTEXT:].copy()
+        probs, self._state = self.net.windows(np.concatenate([context, windows], axis=1), self._state)
+        self.windows += n
+        return probs
 
 
 @functools.lru_cache(maxsize=2)

@@ -17,6 +17,7 @@ and align text tokens with the audio from the alignment heads' cross-attention +
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -59,25 +60,80 @@ def alignment_heads(dims: Dims, configured: Sequence[Sequence[int]] | None = Non
 
 # --------------------------------------------------------------------------- memory model
 
-def max_batch_size(dims: Dims, gpu_bytes: int, dtype_bytes: int = 2, ctx: int = 448,
-                   cross_bytes: int | None = None, reserve_bytes: int = 2 * GIB) -> int:
-    """Largest batch bucket whose caches fit beside the weights in ``gpu_bytes``.
+@dataclass(frozen=True)
+class Gpu:
+    """A serving GPU as the CUDA driver reports it (``total_memory``), and where it comes."""
 
-    Per sequence: cross-attention K/V (2 x layers x 1500 x d), self-attention K/V
-    (2 x layers x ctx x d), and the encoder's activations while that row is encoded
-    (about 12 x 1500 x d for the MLP's hidden and the residual stream). 10 % of the card
-    and ``reserve_bytes`` stay free for the allocator, cuBLAS workspaces and the graphs.
-    """
+    name: str
+    instance_family: str
+    memory_bytes: int
+
+
+MIB = 1 << 20
+# total_memory as nvidia-smi shows it on each SageMaker family (MiB, not the marketing GB).
+GPUS: dict[str, Gpu] = {
+    "A10G": Gpu("A10G", "ml.g5", 23_028 * MIB),
+    "L4": Gpu("L4", "ml.g6", 23_034 * MIB),
+    "H100": Gpu("H100", "ml.p5", 81_559 * MIB),
+}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on the GPU for a model serving ``batch`` rows (max_batch_size's model)."""
+
+    weights: int
+    per_row: int
+    batch: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.batch * self.per_row
+
+
+def parameter_count(dims: Dims) -> int:
+    """Whisper's parameters from its shape: per encoder layer 12 d^2 (attention 4 d^2, MLP
+    8 d^2), per decoder layer 16 d^2 (plus cross-attention), the token embedding (tied
+    output), the two stem convolutions; biases and norms are under 1 % and left out."""
+    d_a, d_t = dims.n_audio_state, dims.n_text_state
+    return (dims.n_audio_layer * 12 * d_a * d_a + dims.n_text_layer * 16 * d_t * d_t
+            + dims.n_vocab * d_t + 3 * dims.n_mels * d_a + 3 * d_a * d_a)
+
+
+def memory_estimate(dims: Dims, batch: int, dtype_bytes: int = 2, ctx: int = 448,
+                    cross_bytes: int | None = None) -> MemoryEstimate:
+    """Per row: cross-attention K/V (2 x layers x 1500 x d), self-attention K/V
+    (2 x layers x ctx x d), exactly what ``Decoder.new_state`` allocates, and the encoder's
+    activations while that row is encoded (about 12 x 1500 x d for the MLP's hidden and the
+    residual stream)."""
     cross_bytes = cross_bytes or dtype_bytes
     d_a, d_t = dims.n_audio_state, dims.n_text_state
-    params = (dims.n_audio_layer * 12 * d_a * d_a + dims.n_text_layer * 16 * d_t * d_t
-              + dims.n_vocab * d_t + 3 * dims.n_mels * d_a + 3 * d_a * d_a)
-    per_seq = (2 * dims.n_text_layer * dims.n_audio_ctx * d_t * cross_bytes
+    per_row = (2 * dims.n_text_layer * dims.n_audio_ctx * d_t * cross_bytes
                + 2 * dims.n_text_layer * ctx * d_t * dtype_bytes
                + 12 * dims.n_audio_ctx * d_a * dtype_bytes)
-    free = int(gpu_bytes * 0.9) - params * dtype_bytes - reserve_bytes
-    fits = [b for b in BATCH_BUCKETS if b * per_seq <= free]
+    return MemoryEstimate(parameter_count(dims) * dtype_bytes, per_row, batch)
+
+
+def max_batch_size(dims: Dims, gpu_bytes: int, dtype_bytes: int = 2, ctx: int = 448,
+                   cross_bytes: int | None = None, reserve_bytes: int = 2 * GIB) -> int:
+    """Largest batch bucket whose caches fit beside the weights in ``gpu_bytes``
+    (memory_estimate); 10 % of the card and ``reserve_bytes`` stay free for the allocator,
+    cuBLAS workspaces and the CUDA graphs. Never below 1."""
+    budget = int(gpu_bytes * 0.9) - reserve_bytes
+    fits = [b for b in BATCH_BUCKETS
+            if memory_estimate(dims, b, dtype_bytes, ctx, cross_bytes).total <= budget]
     return fits[-1] if fits else 1
+
+
+def _gpu_memory(device: str) -> int:
+    return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+
+
+def default_max_batch(dims: Dims, device: str, dtype_bytes: int, cross_int8: bool = False) -> int:
+    """On CUDA, the memory model for this card; on the CPU, 8 (batching there buys little)."""
+    if device.startswith("cuda"):
+        return max_batch_size(dims, _gpu_memory(device), dtype_bytes=dtype_bytes, cross_bytes=1 if cross_int8 else None)
+    return 8
 
 
 def bucket(n: int) -> int:
@@ -106,7 +162,8 @@ class StepRunner:
                     decoder(self.tokens, self.pos, state)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
+            # thread_local: the front end's threads run the VAD on this GPU meanwhile.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
                 self.logits = decoder(self.tokens, self.pos, state)
 
     @torch.no_grad()
@@ -152,12 +209,7 @@ def _load(model_dir: str | Path, *, device: str = "auto", dtype: str | None = No
         suppress = cfg.get("suppress_ids") or cfg.get("suppress_tokens") or []
         heads = cfg.get("alignment_heads")
     if max_batch is None:
-        if device == "cuda":
-            total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-            max_batch = max_batch_size(model.dims, total, dtype_bytes=torch_dtype.itemsize,
-                                       cross_bytes=1 if cross_int8 else None)
-        else:
-            max_batch = 8
+        max_batch = default_max_batch(model.dims, device, torch_dtype.itemsize, cross_int8)
     if compile_encoder and device == "cuda":
         model.encoder.compile()
     return dict(model=model, tokenizer=tokenizer, name=name or model_dir.name, suppress=suppress,

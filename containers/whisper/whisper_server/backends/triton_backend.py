@@ -75,7 +75,7 @@ class TritonLaunch:
             backend_directory=e.get(TRITON_BACKEND_DIR, "").strip() or None,
             startup_timeout_s=float(e.get(TRITON_STARTUP_S, "") or cls.startup_timeout_s),
             chunk_timeout_s=float(e.get(TRITON_CHUNK_TIMEOUT_S, "") or cls.chunk_timeout_s),
-            max_in_flight=int(getattr(settings, "batch_size", cls.max_in_flight)),
+            max_in_flight=int(getattr(settings, "batch_size", 0) or cls.max_in_flight),
             label=str(getattr(settings, "model_name", "") or ""),
         )
 
