@@ -391,6 +391,8 @@ def run(args: argparse.Namespace) -> None:
                rtfx=round(seconds / wall, 1), peak_gb=_peak_gb())
     backend.close()
     del backend
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()  # the server process needs the card's memory
 
     # --- end to end through the real server, pinned to the cores -------------------------
     stats_path = Path("/tmp/e2e_stats.json")
