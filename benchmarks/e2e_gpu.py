@@ -391,6 +391,8 @@ def run(args: argparse.Namespace) -> None:
                rtfx=round(seconds / wall, 1), peak_gb=_peak_gb())
     backend.close()
     del backend
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()  # the server process needs the card's memory
 
     # --- end to end through the real server, pinned to the cores -------------------------
     stats_path = Path("/tmp/e2e_stats.json")
@@ -472,6 +474,45 @@ def accuracy(client, reference: Path) -> dict:
                                                             "wer_cpu_vs_reference")}}
 
 
+def _decode_only(path: Path) -> int:
+    from whisper_server import audio
+
+    return sum(len(b) for b in audio.iter_blocks(path))
+
+
+def _front_end_cpu(path: Path) -> int:
+    return front_end(path, None)[1]
+
+
+def frontend_scaling(args: argparse.Namespace) -> None:
+    """Where the front end's time goes with many files on the server's cores: decode alone
+    and decode + VAD, on 1 and on N threads, and on N processes (no shared GIL)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    _, small, _, _ = make_files(Path("/tmp/e2e_audio"))
+    files = small[:16]
+    seconds = sum(_decode_only(p) for p in files) / SR
+    n = len(_cores(args.cores))
+    os.sched_setaffinity(0, _cores(args.cores))
+    rows = []
+    for what, fn in (("decode+resample", _decode_only), ("decode+VAD(numpy)+chunking", _front_end_cpu),
+                     ("decode+VAD(cuda)+chunking", lambda p: front_end(p, "cuda")[1])):
+        for pool_kind, workers in (("threads", 1), ("threads", n), ("processes", n)):
+            if pool_kind == "processes" and what.endswith("(cuda)+chunking"):
+                continue  # one CUDA context per process: not what the server does
+            Pool = ThreadPoolExecutor if pool_kind == "threads" else ProcessPoolExecutor
+            with Pool(workers) as pool:
+                list(pool.map(fn, files[:2]))  # warm-up
+                t = time.perf_counter()
+                list(pool.map(fn, files))
+                wall = time.perf_counter() - t
+            rows.append({"mode": "front-end", "variant": f"{what}, {workers} {pool_kind}", "audio_s": round(seconds, 1),
+                         "wall_s": round(wall, 2), "rtfx": round(seconds / wall, 1), "cpu_cores": n})
+            print(json.dumps(rows[-1]), flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "frontend_scaling.json").write_text(json.dumps(rows, indent=1))
+
+
 def cpu_reference(args: argparse.Namespace) -> None:
     """The CPU path's transcripts of the shipped clips (faster-whisper base on the CPU, the
     server's default), which the GPU run is scored against."""
@@ -507,10 +548,13 @@ def main() -> None:
     s.add_argument("--port", type=int, default=PORT)
     s.add_argument("--model", choices=("forced", "base"), default="forced")
     s.add_argument("--model-dir", default="")
+    f = sub.add_parser("frontend-scaling")
+    f.add_argument("--out", required=True)
+    f.add_argument("--cores", default="0-3")
     c = sub.add_parser("cpu-reference")
     c.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"run": run, "serve": serve, "cpu-reference": cpu_reference}[args.cmd](args)
+    {"run": run, "serve": serve, "cpu-reference": cpu_reference, "frontend-scaling": frontend_scaling}[args.cmd](args)
 
 
 if __name__ == "__main__":
