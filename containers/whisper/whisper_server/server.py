@@ -212,8 +212,7 @@ class WhisperService:
         return response
 
     async def _invoke(self, request: Request) -> Response:
-        backend = self.backend
-        if backend is None or self.drain_started is not None:
+        if self.backend is None or self.drain_started is not None:
             raise ContractError(ErrorCode.NOT_READY, "the server is not ready (model loading or shutting down)")
         options = parse_options(request.url.query, request.headers.get(CUSTOM_ATTRIBUTES))
         fmt = choose_format(request.headers.get("accept"), options)
@@ -227,7 +226,7 @@ class WhisperService:
             self.admitted += 1
             try:
                 log.info("request admitted: %d bytes, %d in progress or queued", path.stat().st_size, self.admitted)
-                transcript = await self._run(request, path, options, backend, deadline)
+                transcript = await self._run(request, path, options, deadline)
             finally:
                 self.admitted -= 1
         return Response(render(transcript, fmt), media_type=CONTENT_TYPES[fmt])
@@ -279,8 +278,7 @@ class WhisperService:
         if size == 0:
             raise ContractError(ErrorCode.EMPTY_INPUT, "the request body is empty: send the audio file's bytes")
 
-    async def _run(self, request: Request, path: Path, options: RequestOptions, backend: Backend,
-                   deadline: float) -> Transcript:
+    async def _run(self, request: Request, path: Path, options: RequestOptions, deadline: float) -> Transcript:
         cancel = threading.Event()
         future = asyncio.wrap_future(self.executor.submit(
             self._transcribe, path, options, self.batcher, self.settings, deadline=deadline, cancel=cancel))
