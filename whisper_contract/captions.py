@@ -25,6 +25,11 @@ MIN_CUE_S = 0.1
 LOW_CONFIDENCE_MARK = "(?) "
 
 
+def speaker_prefix(speaker: str) -> str:
+    """What TXT and SRT put before a labelled segment's text (VTT uses a voice span)."""
+    return f"[{speaker}] "
+
+
 @dataclass(frozen=True)
 class CaptionRules:
     """The caption options (``RequestOptions`` validates them; defaults as in the issue)."""
@@ -142,7 +147,7 @@ def build(segments: Iterable[Segment], rules: CaptionRules = CaptionRules()) -> 
         # The first line leaves room for what the writers put before it: the low-confidence
         # mark and the speaker label ("[S1] ").
         reserved = (len(LOW_CONFIDENCE_MARK) if seg.low_confidence else 0) + (
-            len(seg.speaker) + 3 if seg.speaker is not None else 0)
+            len(speaker_prefix(seg.speaker)) if seg.speaker is not None else 0)
         for start, end, lines in _split(segment_words(seg), rules, reserved):
             if out:
                 prev = out[-1]

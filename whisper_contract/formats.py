@@ -35,11 +35,7 @@ def _cue_text(text: str) -> str:
 
 def labelled(seg: Segment, text: str) -> str:
     """A TXT line with the segment's speaker: ``[S1] text``."""
-    return text if seg.speaker is None else f"{speaker_prefix(seg.speaker)}{text}"
-
-
-def speaker_prefix(speaker: str) -> str:
-    return f"[{speaker}] "
+    return text if seg.speaker is None else f"{captions.speaker_prefix(seg.speaker)}{text}"
 
 
 def _cues(t: Transcript) -> tuple[Cue, ...]:
@@ -65,7 +61,7 @@ def _lines(cue: Cue, mark: str = "") -> str:
 
 
 def _srt_speaker(cue: Cue) -> str:
-    return "" if cue.speaker is None else speaker_prefix(_cue_text(cue.speaker))
+    return "" if cue.speaker is None else captions.speaker_prefix(_cue_text(cue.speaker))
 
 
 def to_srt(t: Transcript) -> str:
